@@ -1,0 +1,37 @@
+"""compresstune: search per-layer pruning, quantization, low-rank factorisation and
+distillation together, and measure the real size of what you ship.
+
+Example:
+    >>> import torch.nn as nn
+    >>> import compresstune as ct
+    >>> model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    >>> small = ct.apply(model, ct.CompressionPlan.uniform(model, sparsity=0.5, bits=4))
+    >>> ct.packed_size(small) < ct.reference_size(model)
+    True
+"""
+
+from compresstune.artifact import load, packed_size, reference_size, save
+from compresstune.compress import apply, plan_of, squash
+from compresstune.errors import ArtifactError, CompressTuneError, ConfigError, PlanError
+from compresstune.layers import discover
+from compresstune.plan import ALLOWED_BITS, CompressionPlan, LayerPlan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALLOWED_BITS",
+    "ArtifactError",
+    "CompressTuneError",
+    "CompressionPlan",
+    "ConfigError",
+    "LayerPlan",
+    "PlanError",
+    "apply",
+    "discover",
+    "load",
+    "packed_size",
+    "plan_of",
+    "reference_size",
+    "save",
+    "squash",
+]

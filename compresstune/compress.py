@@ -1,0 +1,321 @@
+"""Apply a :class:`CompressionPlan` to a model, and ``squash`` the result into a
+plain ``nn.Module``.
+
+``apply`` never touches its input: it validates the whole plan first (no
+compute is spent on a bad plan), deep-copies the model, physically shrinks
+structured-pruned layers, then registers one :class:`CompressedWeight`
+parametrization per compressed weight so the model can be fine-tuned.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from compresstune.errors import PlanError
+from compresstune.layers import Discovery, LayerInfo, discover
+from compresstune.ops import CompressedWeight, channels_to_keep
+from compresstune.plan import CompressionPlan, LayerPlan
+
+__all__ = ["apply", "squash", "resolve_plan", "compressed_slots", "plan_of"]
+
+PLAN_ATTR = "compresstune_plan"
+
+
+# -- validation ------------------------------------------------------------------
+
+def resolve_plan(plan: CompressionPlan, found: Discovery) -> dict[str, LayerPlan]:
+    """Map the plan onto canonical layer names and check every layer can take it.
+
+    Raises:
+        PlanError: unknown layer, conflicting plans for tied weights, an
+            operator the layer kind does not support, or a rank too large.
+    """
+    if not isinstance(plan, CompressionPlan):
+        raise PlanError(f"`plan` must be a CompressionPlan; got {type(plan).__name__}.")
+    found.check_names(plan.layers)
+    resolved: dict[str, LayerPlan] = {}
+    named_as: dict[str, str] = {}
+    for name, lp in plan.layers.items():
+        canon = found.canonical(name)
+        if canon in resolved and resolved[canon] != lp:
+            raise PlanError(
+                f"layers {named_as[canon]!r} and {name!r} share one (tied) weight but the plan gives them "
+                f"different settings ({resolved[canon]} vs {lp}); give tied layers one plan."
+            )
+        resolved[canon] = lp
+        named_as[canon] = name
+    for canon, lp in resolved.items():
+        _check_operators(found.layers[canon], lp)
+    shapes = effective_shapes(found, resolved)
+    for canon, lp in resolved.items():
+        rows, cols = shapes[canon]
+        if lp.rank is not None and lp.rank > min(rows, cols):
+            raise PlanError(
+                f"`rank` of layer {canon!r} must be at most {min(rows, cols)} (its weight is a {rows} x {cols} "
+                f"matrix{' after structured pruning' if (rows, cols) != _matrix(found.layers[canon]) else ''}); got {lp.rank}."
+            )
+    return resolved
+
+
+def _matrix(info: LayerInfo) -> tuple[int, int]:
+    return info.rows, info.cols
+
+
+def _operators(lp: LayerPlan) -> list[str]:
+    ops = []
+    if lp.sparsity > 0:
+        ops.append("structured" if lp.structured else "prune")
+    if lp.bits < 32:
+        ops.append("quantize")
+    if lp.rank is not None:
+        ops.append("lowrank")
+    return ops
+
+
+def _check_operators(info: LayerInfo, lp: LayerPlan) -> None:
+    for op in _operators(lp):
+        if op in info.refused:
+            raise PlanError(f"layer {info.name!r} ({info.kind}) cannot take {op}: {info.refused[op]}.")
+
+
+def _kept(rows: int, sparsity: float) -> int:
+    return max(1, rows - int(round(sparsity * rows)))
+
+
+def effective_shapes(found: Discovery, resolved: dict[str, LayerPlan]) -> dict[str, tuple[int, int]]:
+    """Matrix shape (rows, cols) of each planned layer once structured pruning has shrunk the model."""
+    by_module = {info.module_name: name for name, info in found.layers.items()}
+    shapes = {name: _matrix(info) for name, info in found.layers.items()}
+    for name, lp in resolved.items():
+        info = found.layers[name]
+        if not (lp.structured and lp.sparsity > 0):
+            continue
+        kept = _kept(info.rows, lp.sparsity)
+        shapes[name] = (kept, shapes[name][1])
+        for consumer in info.consumers:
+            target = by_module.get(consumer.module_name)
+            if target is None:
+                continue
+            per_channel = found.layers[target].cols // info.rows  # columns fed by one channel
+            r, c = shapes[target]
+            shapes[target] = (r, c - (info.rows - kept) * per_channel)
+    return shapes
+
+
+# -- apply -------------------------------------------------------------------------
+
+def apply(model: nn.Module, plan: CompressionPlan, *, inplace: bool = False) -> nn.Module:
+    """Compress ``model`` as ``plan`` says; returns a new module (``model`` is untouched).
+
+    Operators run in the order low-rank -> prune -> quantize, as
+    parametrizations, so the result can be fine-tuned; masks are fixed now,
+    so fine-tuning never changes the packed size.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> from compresstune.plan import CompressionPlan, LayerPlan
+        >>> small = apply(nn.Linear(16, 8), CompressionPlan({"": LayerPlan(sparsity=0.5, bits=4)}))
+        >>> int((small.weight == 0).sum())
+        64
+    """
+    found = discover(model)
+    resolved = resolve_plan(plan, found)
+    out = model if inplace else copy.deepcopy(model)
+    modules = dict(out.named_modules())
+    with torch.no_grad():
+        for name, lp in resolved.items():
+            if lp.structured and lp.sparsity > 0:
+                _shrink_channels(found.layers[name], lp.sparsity, modules)
+        for name, lp in resolved.items():
+            _register(found, name, lp, modules)
+    canonical = CompressionPlan(resolved, temperature=plan.temperature, alpha=plan.alpha)
+    setattr(out, PLAN_ATTR, canonical)
+    return out
+
+
+def plan_of(model: nn.Module) -> CompressionPlan:
+    """The (canonical) plan a compressed model was built with; an empty plan for a plain model."""
+    plan = getattr(model, PLAN_ATTR, None)
+    return plan if isinstance(plan, CompressionPlan) else CompressionPlan({})
+
+
+def _register(found: Discovery, name: str, lp: LayerPlan, modules: dict) -> None:
+    info = found.layers[name]
+    sparsity = 0.0 if lp.structured else lp.sparsity
+    if sparsity == 0 and lp.bits == 32 and lp.rank is None:
+        return
+    module = modules[info.module_name]
+    weight = getattr(module, info.param_name)
+    param = CompressedWeight(tuple(weight.shape), sparsity=sparsity, bits=lp.bits, rank=lp.rank)
+    parametrize.register_parametrization(module, info.param_name, param)
+    for alias in info.aliases:
+        alias_module, alias_param = found.slots[alias]
+        _tie(modules[alias_module], alias_param, module, info.param_name)
+
+
+class TiedTo(nn.Module):
+    """Parametrization that reads another module's (compressed) weight, so a tied
+    weight is computed, fine-tuned and stored once."""
+
+    def __init__(self, owner: nn.Module, param_name: str) -> None:
+        super().__init__()
+        # Kept out of ``_modules``: the owner must not appear twice in the module tree.
+        self.__dict__["owner"] = owner
+        self.param_name = param_name
+
+    def forward(self, _placeholder: torch.Tensor) -> torch.Tensor:
+        return getattr(self.owner, self.param_name)
+
+
+def _tie(module: nn.Module, param_name: str, owner: nn.Module, owner_param: str) -> None:
+    del module._parameters[param_name]
+    module.register_buffer(param_name, torch.empty(0), persistent=False)
+    parametrize.register_parametrization(module, param_name, TiedTo(owner, owner_param), unsafe=True)
+
+
+# -- structured pruning --------------------------------------------------------------
+
+def _shrink_channels(info: LayerInfo, sparsity: float, modules: dict) -> None:
+    producer = modules[info.module_name]
+    keep = channels_to_keep(producer.weight, sparsity)
+    old = producer.weight.shape[0]
+    _take(producer, "weight", 0, keep)
+    _take(producer, "bias", 0, keep)
+    _set_features(producer, out=len(keep))
+    for consumer in info.consumers:
+        module = modules[consumer.module_name]
+        if consumer.kind == "batchnorm":
+            for attr in ("weight", "bias", "running_mean", "running_var"):
+                _take(module, attr, 0, keep)
+            module.num_features = len(keep)
+            continue
+        in_dim = module.weight.shape[1]
+        if in_dim % old:
+            raise PlanError(
+                f"structured pruning of {info.name!r}: consumer {consumer.module_name!r} takes {in_dim} inputs, "
+                f"not a multiple of the {old} channels; set `structured` False for this layer."
+            )
+        repeat = in_dim // old
+        index = (keep[:, None] * repeat + torch.arange(repeat)).flatten()
+        _take(module, "weight", 1, index)
+        _set_features(module, inp=len(index))
+
+
+def _take(module: nn.Module, attr: str, dim: int, index: torch.Tensor) -> None:
+    tensor = getattr(module, attr, None)
+    if tensor is None:
+        return
+    new = tensor.detach().index_select(dim, index.to(tensor.device)).clone()
+    if isinstance(tensor, nn.Parameter):
+        setattr(module, attr, nn.Parameter(new, requires_grad=tensor.requires_grad))
+    else:
+        setattr(module, attr, new)
+
+
+def _set_features(module: nn.Module, *, out: int | None = None, inp: int | None = None) -> None:
+    if isinstance(module, nn.Linear):
+        module.out_features = out if out is not None else module.out_features
+        module.in_features = inp if inp is not None else module.in_features
+    else:
+        module.out_channels = out if out is not None else module.out_channels
+        module.in_channels = inp if inp is not None else module.in_channels
+
+
+# -- squash ------------------------------------------------------------------------------
+
+def compressed_slots(model: nn.Module):
+    """Yield ``(module_name, module, param_name, parametrization)`` for each compressed weight."""
+    for mod_name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for param_name, plist in module.parametrizations.items():
+            yield mod_name, module, param_name, plist[0]
+
+
+def squash(model: nn.Module) -> nn.Module:
+    """A plain ``nn.Module`` computing what the compressed ``model`` computes.
+
+    Low-rank Linear/Conv/Embedding layers become two layers (Conv: a k x k conv
+    to ``rank`` channels then a 1 x 1 conv); weights are dequantized and
+    masked; structured pruning is already physical. Factored weights that are
+    tied or live inside ``nn.MultiheadAttention`` (which reads its weights
+    directly) are materialised as one matrix. The result needs no compresstune
+    to load or run, and works with ``torch.export``.
+
+    Example:
+        >>> import torch, torch.nn as nn
+        >>> from compresstune.plan import CompressionPlan, LayerPlan
+        >>> small = apply(nn.Linear(16, 8), CompressionPlan({"": LayerPlan(rank=2, bits=8)}))
+        >>> plain = squash(nn.Sequential(small))
+        >>> isinstance(plain[0], nn.Sequential)
+        True
+    """
+    out = copy.deepcopy(model)
+    slots = list(compressed_slots(out))
+    tied = [(n, m, p, par) for n, m, p, par in slots if isinstance(par, TiedTo)]
+    owners_tied = {id(par.owner) for _, _, _, par in tied}
+    with torch.no_grad():
+        for mod_name, module, param_name, par in slots:
+            if isinstance(par, TiedTo):
+                continue
+            splittable = par.factored and param_name == "weight" and id(module) not in owners_tied
+            split = _split_factored(module, par) if splittable else None
+            if split is not None:
+                _set_submodule(out, mod_name, split)
+            else:
+                parametrize.remove_parametrizations(module, param_name, leave_parametrized=True)
+        for _, module, param_name, par in tied:
+            parametrize.remove_parametrizations(module, param_name, leave_parametrized=False)
+            delattr(module, param_name)
+            setattr(module, param_name, getattr(par.owner, par.param_name))
+    if hasattr(out, PLAN_ATTR):
+        delattr(out, PLAN_ATTR)
+    return out
+
+
+def _stored_parts(module: nn.Module, par: CompressedWeight) -> list[torch.Tensor]:
+    plist = module.parametrizations["weight"]
+    originals = [plist.original0, plist.original1]
+    return [par.stored_part(p, i).detach().clone() for i, p in enumerate(originals)]
+
+
+def _split_factored(module: nn.Module, par: CompressedWeight) -> nn.Module | None:
+    a, b = _stored_parts(module, par)
+    rank = par.rank
+    kind = parametrize.type_before_parametrizations(module)
+    if isinstance(module, nn.Linear):
+        first = nn.Linear(module.in_features, rank, bias=False)
+        second = nn.Linear(rank, module.out_features, bias=module.bias is not None)
+        first.weight.copy_(b)
+        second.weight.copy_(a)
+        if module.bias is not None:
+            second.bias.copy_(module.bias)
+        return nn.Sequential(first, second)
+    if kind in (nn.Conv1d, nn.Conv2d):
+        conv = kind
+        first = conv(module.in_channels, rank, module.kernel_size, stride=module.stride, padding=module.padding,
+                     dilation=module.dilation, bias=False, padding_mode=module.padding_mode)
+        second = conv(rank, module.out_channels, 1, bias=module.bias is not None)
+        first.weight.copy_(b.reshape(first.weight.shape))
+        second.weight.copy_(a.reshape(second.weight.shape))
+        if module.bias is not None:
+            second.bias.copy_(module.bias)
+        return nn.Sequential(first, second)
+    if kind is nn.Embedding and module.max_norm is None:
+        first = nn.Embedding(module.num_embeddings, rank, padding_idx=module.padding_idx)
+        second = nn.Linear(rank, module.embedding_dim, bias=False)
+        first.weight.copy_(a)
+        second.weight.copy_(b.t())
+        return nn.Sequential(first, second)
+    return None
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    if not name:
+        raise PlanError("cannot squash a model that is itself a single factored layer; wrap it in nn.Sequential.")
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name), child, new)

@@ -1,0 +1,21 @@
+"""Errors raised for bad input. All are ``ValueError`` subclasses, so callers can
+catch ``ValueError`` and the message always names the field, the value and what
+is allowed."""
+
+__all__ = ["ArtifactError", "CompressTuneError", "ConfigError", "PlanError"]
+
+
+class CompressTuneError(ValueError):
+    """Base class of compresstune's input errors."""
+
+
+class PlanError(CompressTuneError):
+    """A plan that is malformed or does not fit the model."""
+
+
+class ArtifactError(CompressTuneError):
+    """A corrupt, truncated or mismatched artifact file."""
+
+
+class ConfigError(CompressTuneError):
+    """A study configuration that is malformed."""

@@ -1,0 +1,422 @@
+"""Discovery of compressible layers by fully-qualified name (FQN).
+
+:func:`discover` walks a model and returns every weight compresstune can
+compress, keyed by the name plans use, plus the modules it cannot handle with
+the reason. Operator support by layer kind:
+
+=====================  ======  ========  ========  ==========
+kind                   prune   quantize  low-rank  structured
+=====================  ======  ========  ========  ==========
+linear                 yes     yes       yes       if traced
+conv1d / conv2d        yes     yes       yes       if traced
+grouped / depthwise    yes     yes       no        no
+embedding              yes     yes       yes       no
+attention projection   yes     yes       yes       no
+=====================  ======  ========  ========  ==========
+
+"if traced": structured (output-channel) pruning needs torch.fx to find every
+consumer of the layer's channels; it is refused, with the reason, when tracing
+fails or the channels reach anything other than element-wise ops, pooling,
+batch norm, flatten and the next Linear/Conv (a residual sum, a concat, an
+attention block, the model output).
+"""
+
+from __future__ import annotations
+
+import difflib
+import operator
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from compresstune.errors import PlanError
+
+__all__ = ["Consumer", "Discovery", "LayerInfo", "discover"]
+
+OPERATORS = ("prune", "quantize", "lowrank", "structured")
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A module whose inputs are the channels of a structured-pruned layer."""
+
+    module_name: str
+    kind: str  # "conv", "linear" or "batchnorm"
+    repeat: int = 1  # input features per channel after a flatten
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One compressible weight.
+
+    Attributes:
+        name: the FQN plans use. For ``nn.MultiheadAttention`` the packed
+            projection is ``<attn>.in_proj`` (or ``<attn>.q_proj`` etc. when
+            key/value dims differ) and the output projection ``<attn>.out_proj``.
+        kind: "linear", "conv1d", "conv2d", "embedding" or "attention".
+        module_name / param_name: where the weight lives.
+        shape: the weight's shape; the matrix view is ``rows x cols`` with
+            ``rows`` the output channels.
+        aliases: other FQNs tied to the same tensor (stored and compressed once).
+        refused: operator -> reason, for operators this layer cannot take.
+        consumers: modules to shrink with structured pruning.
+    """
+
+    name: str
+    kind: str
+    module_name: str
+    param_name: str
+    shape: tuple[int, ...]
+    groups: int = 1
+    aliases: tuple[str, ...] = ()
+    refused: dict = field(default_factory=dict)
+    consumers: tuple[Consumer, ...] = ()
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def cols(self) -> int:
+        n = 1
+        for d in self.shape[1:]:
+            n *= d
+        return n
+
+    @property
+    def numel(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def max_rank(self) -> int:
+        return min(self.rows, self.cols)
+
+    @property
+    def structured_ok(self) -> str | None:
+        """None when structured pruning is possible, else the reason."""
+        return self.refused.get("structured")
+
+    def rank_for_fraction(self, fraction: float) -> int | None:
+        """Rank for a fraction of full rank, or None when factoring would not save storage."""
+        if not 0 < fraction <= 1:
+            raise PlanError(f"`rank_fraction` must be in (0, 1]; got {fraction!r}.")
+        if "lowrank" in self.refused:
+            return None
+        rank = max(1, round(fraction * self.max_rank))
+        return rank if saves_storage(rank, self.rows, self.cols) else None
+
+
+def saves_storage(rank: int, rows: int, cols: int) -> bool:
+    """True when factors ``rows x rank`` and ``rank x cols`` hold fewer numbers than the matrix."""
+    return rank * (rows + cols) < rows * cols
+
+
+@dataclass
+class Discovery:
+    """What :func:`discover` found: ``layers`` (FQN -> LayerInfo, model order) and
+    ``skipped`` (module FQN -> reason it is not compressed)."""
+
+    layers: dict[str, LayerInfo]
+    skipped: dict[str, str]
+    alias_of: dict[str, str]
+    slots: dict[str, tuple[str, str]] = field(default_factory=dict)  # FQN (aliases too) -> (module, param)
+
+    def canonical(self, name: str) -> str:
+        return self.alias_of.get(name, name)
+
+    def check_names(self, names: Iterable[str], *, field_name: str = "layers") -> None:
+        """Raise PlanError for names that are not compressible layers, listing close matches."""
+        known = list(self.layers) + list(self.alias_of)
+        for name in names:
+            if name in self.layers or name in self.alias_of:
+                continue
+            close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            why = f" It is not compressed: {self.skipped[name]}." if name in self.skipped else ""
+            raise PlanError(
+                f"`{field_name}` names {name!r}, which is not a compressible layer of this model.{why}{hint} "
+                f"Compressible layers: {_preview(self.layers)}."
+            )
+
+
+def _preview(names, limit: int = 12) -> str:
+    names = list(names)
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def _layer_kind(module: nn.Module) -> str | None:
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if type(module) in (nn.Conv1d, nn.Conv2d):
+        return "conv1d" if isinstance(module, nn.Conv1d) else "conv2d"
+    if type(module) is nn.Embedding:
+        return "embedding"
+    return None
+
+
+def _attention_weights(prefix: str, mha: nn.MultiheadAttention):
+    if mha.in_proj_weight is not None:
+        yield f"{prefix}in_proj", "in_proj_weight"
+    else:
+        for short in ("q", "k", "v"):
+            yield f"{prefix}{short}_proj", f"{short}_proj_weight"
+
+
+def _candidates(model: nn.Module):
+    """Yield (fqn, kind, module_name, param_name, module) for every compressible weight."""
+    attention_children = set()
+    for mod_name, module in model.named_modules(remove_duplicate=False):
+        prefix = f"{mod_name}." if mod_name else ""
+        if isinstance(module, nn.MultiheadAttention):
+            for fqn, pname in _attention_weights(prefix, module):
+                yield fqn, "attention", mod_name, pname, module
+            attention_children.add(f"{prefix}out_proj")
+            continue
+        kind = _layer_kind(module)
+        if kind is None:
+            continue
+        if mod_name in attention_children:
+            kind = "attention"
+        yield mod_name, kind, mod_name, "weight", module
+
+
+def _static_refusals(kind: str, module: nn.Module, weight: torch.Tensor) -> dict:
+    refused = {}
+    groups = getattr(module, "groups", 1)
+    if groups > 1:
+        refused["lowrank"] = f"grouped convolution (groups={groups}): a factorisation would mix groups"
+        refused["structured"] = f"grouped convolution (groups={groups}) ties output to input channels"
+    if kind == "embedding":
+        refused["structured"] = "an embedding's rows are tokens, not channels"
+        if module.max_norm is not None or module.sparse:
+            refused["lowrank"] = "embedding with max_norm or sparse gradients"
+    if kind == "attention":
+        refused["structured"] = "the channels feed an attention block"
+    if weight.dim() < 2:
+        refused["lowrank"] = "weight has fewer than 2 dimensions"
+    return refused
+
+
+def discover(model: nn.Module, *, trace: bool = True) -> Discovery:
+    """Find every compressible layer of ``model``.
+
+    Args:
+        model: any ``nn.Module``.
+        trace: analyse the graph with torch.fx to decide where structured
+            pruning is possible (otherwise it is refused everywhere).
+
+    Returns:
+        A :class:`Discovery` with layers in model order, tied aliases and the
+        modules that are skipped with the reason.
+
+    Example:
+        >>> import torch.nn as nn
+        >>> found = discover(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+        >>> list(found.layers)
+        ['0', '2']
+    """
+    if not isinstance(model, nn.Module):
+        raise PlanError(f"`model` must be a torch.nn.Module; got {type(model).__name__}.")
+    layers: dict[str, LayerInfo] = {}
+    alias_of: dict[str, str] = {}
+    owner_by_tensor: dict[int, str] = {}
+    slots: dict[str, tuple[str, str]] = {}
+    for fqn, kind, mod_name, pname, module in _candidates(model):
+        slots.setdefault(fqn, (mod_name, pname))
+        weight = getattr(module, pname)
+        if not isinstance(weight, torch.Tensor) or isinstance(weight, nn.parameter.UninitializedParameter):
+            continue
+        key = id(module.parametrizations[pname].original if _is_parametrized(module, pname) else weight)
+        if key in owner_by_tensor:
+            owner = owner_by_tensor[key]
+            if fqn != owner and fqn not in alias_of:
+                alias_of[fqn] = owner
+            continue
+        owner_by_tensor[key] = fqn
+        layers[fqn] = LayerInfo(
+            name=fqn, kind=kind, module_name=mod_name, param_name=pname, shape=tuple(weight.shape),
+            groups=getattr(module, "groups", 1), refused=_static_refusals(kind, module, weight),
+        )
+    _attach_aliases(layers, alias_of)
+    skipped = _skipped_modules(model, layers, alias_of)
+    if trace:
+        _analyse_structured(model, layers, alias_of)
+    else:
+        _refuse_all_structured(layers, "graph analysis was disabled (trace=False)")
+    return Discovery(layers=layers, skipped=skipped, alias_of=alias_of, slots=slots)
+
+
+def _is_parametrized(module: nn.Module, name: str) -> bool:
+    return hasattr(module, "parametrizations") and name in module.parametrizations
+
+
+def _attach_aliases(layers: dict, alias_of: dict) -> None:
+    for alias, owner in alias_of.items():
+        info = layers[owner]
+        refused = dict(info.refused)
+        refused["structured"] = f"the weight is tied to {alias!r}"
+        layers[owner] = _replace(info, aliases=info.aliases + (alias,), refused=refused)
+
+
+def _replace(info: LayerInfo, **changes) -> LayerInfo:
+    data = {f: getattr(info, f) for f in LayerInfo.__dataclass_fields__}
+    data.update(changes)
+    return LayerInfo(**data)
+
+
+def _skipped_modules(model: nn.Module, layers: dict, alias_of: dict) -> dict[str, str]:
+    handled = {info.module_name for info in layers.values()} | set(alias_of)
+    skipped = {}
+    for mod_name, module in model.named_modules():
+        own = [n for n, _ in module.named_parameters(recurse=False)]
+        if not own or mod_name in handled or isinstance(module, nn.MultiheadAttention):
+            continue
+        if isinstance(module, _NORM_TYPES):
+            skipped[mod_name] = "normalisation layer: kept in float32"
+        elif _layer_kind(module) is not None or isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            skipped[mod_name] = "weight is not initialised (lazy module)"
+        else:
+            skipped[mod_name] = f"{type(module).__name__} is not a supported layer kind; its parameters ({', '.join(own)}) are kept in float32"
+    return skipped
+
+
+# -- structured-pruning graph analysis ------------------------------------------
+
+_PASS_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Hardswish,
+    nn.Hardtanh, nn.Mish, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity,
+    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+)
+_PASS_FUNCTIONS = {
+    torch.relu, torch.nn.functional.relu, torch.nn.functional.gelu, torch.nn.functional.silu,
+    torch.nn.functional.dropout, torch.sigmoid, torch.tanh, torch.nn.functional.max_pool2d,
+    torch.nn.functional.avg_pool2d, torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.max_pool1d,
+    torch.nn.functional.leaky_relu, torch.nn.functional.relu6, torch.nn.functional.hardswish,
+}
+_PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous"}
+_FLATTEN_METHODS = {"flatten", "view", "reshape"}
+
+
+class _NotPrunable(Exception):
+    pass
+
+
+def _refuse_all_structured(layers: dict, reason: str) -> None:
+    for name, info in list(layers.items()):
+        if "structured" not in info.refused:
+            layers[name] = _replace(info, refused={**info.refused, "structured": reason})
+
+
+def _analyse_structured(model: nn.Module, layers: dict, alias_of: dict) -> None:
+    todo = [n for n, i in layers.items() if "structured" not in i.refused]
+    if not todo:
+        return
+    try:
+        from torch import fx
+
+        graph = fx.symbolic_trace(model).graph
+    except Exception as exc:  # noqa: BLE001 - any tracing failure means "cannot prove it safe"
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _refuse_all_structured(layers, f"torch.fx could not trace the model ({first[:120]})")
+        return
+    modules = dict(model.named_modules())
+    calls = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+    tied_modules = {layers[o].module_name for o in alias_of.values()} | set(alias_of)
+    for name in todo:
+        info = layers[name]
+        nodes = calls.get(info.module_name, [])
+        try:
+            if not nodes:
+                raise _NotPrunable(_opaque_reason(info.module_name, calls, modules))
+            if len(nodes) > 1:
+                raise _NotPrunable(f"the module is called {len(nodes)} times (structured pruning needs exactly 1 call)")
+            consumers = _find_consumers(nodes[0], modules, tied_modules)
+            layers[name] = _replace(info, consumers=tuple(consumers))
+        except _NotPrunable as exc:
+            layers[name] = _replace(info, refused={**info.refused, "structured": str(exc)})
+
+
+def _opaque_reason(module_name: str, calls: dict, modules: dict) -> str:
+    parts = module_name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        parent = ".".join(parts[:cut])
+        if parent in calls:
+            return f"it sits inside {type(modules[parent]).__name__} {parent!r}, which torch.fx traces as one opaque call"
+    return "torch.fx never calls it (it is used outside forward, or inside an opaque module)"
+
+
+def _find_consumers(start, modules: dict, tied_modules: set) -> list[Consumer]:
+    consumers: list[Consumer] = []
+    frontier = [(user, False) for user in start.users]
+    seen = set()
+    while frontier:
+        node, flattened = frontier.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        step = _classify(node, modules, flattened, tied_modules)
+        if isinstance(step, Consumer):
+            consumers.append(step)
+            if step.kind == "batchnorm":
+                frontier.extend((u, flattened) for u in node.users)
+            continue
+        frontier.extend((u, flattened or step == "flatten") for u in node.users)
+    if not any(c.kind != "batchnorm" for c in consumers):
+        raise _NotPrunable("no Linear/Conv consumes its channels (they reach the model output)")
+    return consumers
+
+
+def _classify(node, modules: dict, flattened: bool, tied_modules: set):
+    """A Consumer for a layer that takes the channels, "pass"/"flatten" to keep walking."""
+    if node.op == "call_module":
+        mod = modules[node.target]
+        if node.target in tied_modules:
+            raise _NotPrunable(f"its channels feed {node.target!r}, whose weight is tied")
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)) and not flattened:
+            return Consumer(node.target, "batchnorm")
+        if isinstance(mod, nn.Linear):
+            return Consumer(node.target, "linear")
+        if type(mod) in (nn.Conv1d, nn.Conv2d) and not flattened:
+            if mod.groups > 1:
+                raise _NotPrunable(f"its channels feed the grouped convolution {node.target!r} (groups={mod.groups})")
+            return Consumer(node.target, "conv")
+        if isinstance(mod, _PASS_MODULES):
+            return "pass"
+        if isinstance(mod, nn.Flatten) and mod.start_dim == 1:
+            return "flatten"
+        raise _NotPrunable(f"its channels feed {node.target!r} ({type(mod).__name__})")
+    if node.op == "call_function":
+        if node.target in _PASS_FUNCTIONS:
+            return "pass"
+        if node.target is torch.flatten and _flatten_from_one(node):
+            return "flatten"
+        what = {operator.add: "a residual sum (add)", torch.add: "a residual sum (add)", torch.cat: "a concat"}
+        raise _NotPrunable(f"its channels feed {what.get(node.target, getattr(node.target, '__name__', str(node.target)))}")
+    if node.op == "call_method":
+        if node.target in _PASS_METHODS:
+            return "pass"
+        if node.target in _FLATTEN_METHODS and _flatten_from_one(node):
+            return "flatten"
+        raise _NotPrunable(f"its channels feed the tensor method {node.target!r}")
+    if node.op == "output":
+        raise _NotPrunable("its channels are the model output")
+    raise _NotPrunable(f"its channels feed a {node.op} node")
+
+
+def _flatten_from_one(node) -> bool:
+    """flatten(x, 1), x.flatten(1), x.view(x.size(0), -1) or x.reshape(N, -1)."""
+    args = list(node.args[1:])
+    if node.target in ("view", "reshape"):
+        return len(args) == 2 and args[1] == -1
+    start = args[0] if args else node.kwargs.get("start_dim", 0)
+    return start == 1

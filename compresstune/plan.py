@@ -1,0 +1,212 @@
+"""The compression plan: what to do to each layer, and how to distil afterwards.
+
+A :class:`CompressionPlan` maps layer FQNs (as reported by
+:func:`compresstune.layers.discover`) to a :class:`LayerPlan`. Plans are frozen,
+validated when built, and round-trip through JSON with a schema version.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+from compresstune.errors import PlanError
+
+SCHEMA_VERSION = 1
+ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+FLOAT_BITS = (16, 32)
+
+__all__ = ["ALLOWED_BITS", "SCHEMA_VERSION", "CompressionPlan", "LayerPlan"]
+
+
+def _check_number(field_name: str, value: Any, allowed: str, ok) -> None:
+    bad_type = isinstance(value, bool) or not isinstance(value, (int, float))
+    if bad_type or not math.isfinite(value) or not ok(value):
+        raise PlanError(f"`{field_name}` must be {allowed}; got {value!r}.")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """How one layer is compressed.
+
+    Args:
+        sparsity: fraction of weights set to zero, in [0, 1). With
+            ``structured=True`` it is the fraction of output channels removed.
+        bits: weight bit-width; 2..8 are integer codes (symmetric, per output
+            channel), 16 stores float16 and 32 leaves float32.
+        rank: rank of the factorisation ``W = A @ B``; ``None`` means none.
+        structured: prune whole output channels instead of single weights.
+
+    Example:
+        >>> LayerPlan(sparsity=0.5, bits=4)
+        LayerPlan(sparsity=0.5, bits=4, rank=None, structured=False)
+    """
+
+    sparsity: float = 0.0
+    bits: int = 32
+    rank: int | None = None
+    structured: bool = False
+
+    def __post_init__(self) -> None:
+        _check_number("sparsity", self.sparsity, "a number in [0, 1)", lambda v: 0 <= v < 1)
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits not in ALLOWED_BITS:
+            raise PlanError(f"`bits` must be one of {list(ALLOWED_BITS)}; got {self.bits!r}.")
+        if self.rank is not None:
+            if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+                raise PlanError(f"`rank` must be None or an integer >= 1; got {self.rank!r}.")
+        if not isinstance(self.structured, bool):
+            raise PlanError(f"`structured` must be True or False; got {self.structured!r}.")
+        object.__setattr__(self, "sparsity", float(self.sparsity))
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the plan leaves the layer exactly as it is."""
+        return self.sparsity == 0 and self.bits == 32 and self.rank is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sparsity": self.sparsity, "bits": self.bits, "rank": self.rank, "structured": self.structured}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str = "layer") -> "LayerPlan":
+        unknown = set(data) - {"sparsity", "bits", "rank", "structured"}
+        if unknown:
+            raise PlanError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: sparsity, bits, rank, structured.")
+        try:
+            return cls(**data)
+        except PlanError as exc:
+            raise PlanError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class CompressionPlan:
+    """A per-layer plan plus the distillation settings of the recovery fine-tune.
+
+    Args:
+        layers: layer FQN -> :class:`LayerPlan`. Layers not named are left alone.
+        temperature: distillation temperature ``T`` (> 0).
+        alpha: weight of the distillation term, in [0, 1]; ``1 - alpha`` goes
+            to the cross-entropy with the labels.
+
+    Example:
+        >>> plan = CompressionPlan({"fc": LayerPlan(sparsity=0.9, bits=4)})
+        >>> CompressionPlan.from_json(plan.to_json()) == plan
+        True
+    """
+
+    layers: Mapping[str, LayerPlan] = field(default_factory=dict)
+    temperature: float = 4.0
+    alpha: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layers, Mapping):
+            raise PlanError(f"`layers` must be a mapping of layer name -> LayerPlan; got {type(self.layers).__name__}.")
+        for name, lp in self.layers.items():
+            if not isinstance(name, str) or not name:
+                raise PlanError(f"layer names must be non-empty strings; got {name!r}.")
+            if not isinstance(lp, LayerPlan):
+                raise PlanError(f"`layers[{name!r}]` must be a LayerPlan; got {type(lp).__name__}.")
+        _check_number("temperature", self.temperature, "a number > 0", lambda v: v > 0)
+        _check_number("alpha", self.alpha, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        object.__setattr__(self, "layers", MappingProxyType(dict(self.layers)))
+        object.__setattr__(self, "temperature", float(self.temperature))
+        object.__setattr__(self, "alpha", float(self.alpha))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CompressionPlan):
+            return NotImplemented
+        return (dict(self.layers), self.temperature, self.alpha) == (dict(other.layers), other.temperature, other.alpha)
+
+    def __hash__(self) -> int:
+        return hash(self.to_json())
+
+    def __reduce__(self):
+        # MappingProxyType does not pickle; plans cross process boundaries (Ray) and deepcopy.
+        return (CompressionPlan.from_dict, (self.to_dict(),))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k!r}: {v}" for k, v in self.layers.items())
+        return f"CompressionPlan({{{inner}}}, temperature={self.temperature}, alpha={self.alpha})"
+
+    # -- construction -----------------------------------------------------
+    @classmethod
+    def uniform(
+        cls,
+        model,
+        *,
+        sparsity: float = 0.0,
+        bits: int = 32,
+        rank_fraction: float | None = None,
+        structured: bool = False,
+        temperature: float = 4.0,
+        alpha: float = 0.5,
+        layers: Iterable[str] | None = None,
+    ) -> "CompressionPlan":
+        """The same settings for every compressible layer of ``model``.
+
+        ``rank_fraction`` is a fraction of each layer's full rank; a layer where
+        the factorisation would not save storage gets no factorisation. Layers
+        that cannot take ``structured`` pruning fall back to unstructured.
+
+        Example:
+            >>> import torch.nn as nn
+            >>> plan = CompressionPlan.uniform(nn.Linear(8, 4), sparsity=0.5, bits=4)
+            >>> plan.layers[""].bits
+            4
+        """
+        from compresstune.layers import discover
+
+        found = discover(model)
+        names = list(found.layers) if layers is None else list(layers)
+        found.check_names(names)
+        per_layer = {}
+        for name in names:
+            info = found.layers[name]
+            rank = info.rank_for_fraction(rank_fraction) if rank_fraction is not None else None
+            use_structured = structured and info.structured_ok is None
+            per_layer[name] = LayerPlan(sparsity=sparsity, bits=bits, rank=rank, structured=use_structured)
+        return cls(per_layer, temperature=temperature, alpha=alpha)
+
+    # -- serialisation -----------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "layers": {name: lp.to_dict() for name, lp in self.layers.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CompressionPlan":
+        if not isinstance(data, Mapping):
+            raise PlanError(f"a plan must be a mapping; got {type(data).__name__}.")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise PlanError(f"`schema_version` must be {SCHEMA_VERSION}; got {version!r}.")
+        unknown = set(data) - {"schema_version", "temperature", "alpha", "layers"}
+        if unknown:
+            raise PlanError(f"unknown plan field(s) {sorted(unknown)}; allowed: schema_version, temperature, alpha, layers.")
+        raw_layers = data.get("layers", {})
+        if not isinstance(raw_layers, Mapping):
+            raise PlanError(f"`layers` must be a mapping; got {type(raw_layers).__name__}.")
+        layers = {name: LayerPlan.from_dict(v, where=f"layers[{name!r}]") for name, v in raw_layers.items()}
+        return cls(layers, temperature=data.get("temperature", 4.0), alpha=data.get("alpha", 0.5))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "CompressionPlan":
+        try:
+            data = json.loads(text)
+        except (TypeError, json.JSONDecodeError) as exc:
+            raise PlanError(f"plan JSON could not be parsed: {exc}") from None
+        return cls.from_dict(data)
+
+    # -- queries -----------------------------------------------------------
+    @property
+    def active(self) -> dict[str, LayerPlan]:
+        """The layers whose plan changes something."""
+        return {k: v for k, v in self.layers.items() if not v.is_identity}
