@@ -1,0 +1,7 @@
+"""Objectives of a trial: the recovery fine-tune (KD from the uncompressed teacher),
+accuracy, size, latency and bit-operations."""
+
+from compresstune.objectives._cost import bit_operations, latency_ms
+from compresstune.objectives._finetune import FinetuneResult, NonFiniteLoss, evaluate, recover, teacher_logits
+
+__all__ = ["FinetuneResult", "NonFiniteLoss", "bit_operations", "evaluate", "latency_ms", "recover", "teacher_logits"]

@@ -1,0 +1,110 @@
+"""The ``compresstune`` command: run | report | export | status.
+
+Failures exit non-zero with a one-line reason (``compresstune: error: ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="compresstune", description="Search per-layer compression of a PyTorch model.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run or resume a study")
+    run.add_argument("study", help="study YAML file, e.g. studies/digits.yaml")
+    run.add_argument("--trials", type=int, help="number of COMPLETE trials wanted (resuming counts earlier ones)")
+    run.add_argument("--out", help="output folder (default: the study's search.out)")
+    run.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    run.add_argument("--sampler", choices=["tpe", "nsga2", "gp", "random"])
+    run.add_argument("--seed", type=int)
+    run.add_argument("--workers", type=int, help="run trials on a local Ray cluster with N workers")
+    run.add_argument("--address", help="run trials on an existing Ray cluster: auto or ray://HOST:PORT")
+    run.add_argument("--new-study", action="store_true", help="start a new study if the config changed")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    rep = sub.add_parser("report", help="write DIR/report.html, trials.csv and pareto.csv")
+    rep.add_argument("dir")
+
+    exp = sub.add_parser("export", help="export one trial's compressed model")
+    exp.add_argument("dir")
+    exp.add_argument("--trial", type=int, required=True)
+    exp.add_argument("--output", required=True, help="where to copy the .ctz artifact")
+    exp.add_argument("--squash", metavar="FILE", help="also write the squashed plain nn.Module (torch.save) here")
+    exp.add_argument("--no-check", action="store_true", help="skip reloading and re-scoring the artifact")
+
+    st = sub.add_parser("status", help="progress and the current front")
+    st.add_argument("dir")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": _run, "report": _report, "export": _export, "status": _status}[args.command](args)
+    except KeyboardInterrupt:
+        print("compresstune: interrupted; nothing is left RUNNING. Run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        first = str(exc).strip().splitlines()
+        print(f"compresstune: error: {first[0] if first else type(exc).__name__}", file=sys.stderr)
+        for line in first[1:]:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from compresstune.config import ensure_import_paths, load_config
+    from compresstune.search import run
+
+    ensure_import_paths(args.study)
+    overrides = {k: getattr(args, k) for k in ("trials", "out", "storage", "sampler", "seed", "workers", "address")
+                 if getattr(args, k) is not None}
+    config = load_config(args.study, **overrides)
+    study, front = run(config, new_study=args.new_study, progress=not args.no_progress,
+                       study_file=str(Path(args.study).resolve()))
+    out = Path(config.search.out).resolve()
+    print(_front_table(front))
+    print(f"\nreport: {out / 'report.html'}")
+    return 0
+
+
+def _report(args) -> int:
+    from compresstune.search import load_study
+    from compresstune.search.report import write_report
+
+    path = write_report(load_study(args.dir), Path(args.dir))
+    print(f"report: {path}\ntrials: {Path(args.dir) / 'trials.csv'}")
+    return 0
+
+
+def _export(args) -> int:
+    from compresstune.search import export_trial
+
+    info = export_trial(args.dir, args.trial, args.output, squash_to=args.squash, check=not args.no_check)
+    print(info)
+    return 0
+
+
+def _status(args) -> int:
+    from compresstune.search import load_study, status_text
+
+    print(status_text(load_study(args.dir), Path(args.dir)))
+    return 0
+
+
+def _front_table(front) -> str:
+    if front is None or len(front) == 0:
+        return "no feasible Pareto-optimal trials yet"
+    cols = [c for c in ("number", "val_accuracy", "test_accuracy", "size_bytes", "ratio") if c in front.columns]
+    return "Pareto front (feasible):\n" + front[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Cost objectives beside size: latency of the squashed model and bit-operations."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from compresstune.compress import squash
+from compresstune.ops import CompressedWeight
+
+__all__ = ["bit_operations", "latency_ms"]
+
+
+@torch.inference_mode()
+def latency_ms(model: nn.Module, example: torch.Tensor, *, batch_size: int = 1, repeats: int = 30,
+               warmup: int = 5) -> float:
+    """Median wall-clock milliseconds of one forward pass of ``squash(model)``.
+
+    What it measures: the plain module that ``export`` would ship (dequantized
+    float weights, low-rank as two layers, structured pruning physical), in
+    eval mode under ``torch.inference_mode``, on ``example`` repeated to
+    ``batch_size`` rows, on the device the model is on, with torch's current
+    thread count. Unstructured zeros are stored as dense zeros, so sparsity does
+    not speed this up; bit-widths do not either (no integer kernels). It is the
+    speed of the float export, not of a specialised runtime.
+    """
+    plain = squash(model).eval()
+    device = next(plain.parameters()).device
+    x = example[:1].repeat(batch_size, *([1] * (example.dim() - 1))).to(device)
+    for _ in range(warmup):
+        plain(x)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        plain(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0
+
+
+def _weight_cost(module: nn.Module, param_name: str) -> tuple[float, int]:
+    """(weight MACs per output position per output row, weight bits) of one weight."""
+    par = None
+    if parametrize.is_parametrized(module, param_name):
+        par = module.parametrizations[param_name][0]
+    weight = getattr(module, param_name)
+    rows, cols = weight.shape[0], weight[0].numel()
+    if not isinstance(par, CompressedWeight):
+        return float(cols), 32
+    dens = [m.float().mean().item() if m.numel() else 1.0 for m in par.masks()]
+    if par.factored:
+        r = par.rank
+        return (r * cols * dens[1] + rows * r * dens[0]) / rows, par.bits
+    return cols * dens[0], par.bits
+
+
+@torch.no_grad()
+def bit_operations(model: nn.Module, example: torch.Tensor, *, activation_bits: int = 32) -> float:
+    """Bit-operations of one example: sum over layers of MACs x weight bits x activation bits.
+
+    MACs count only nonzero weights (a pruned weight costs nothing) and the two
+    factors of a low-rank layer; attention adds its two activation-by-activation
+    products at ``activation_bits**2``. Layers left in float count 32 bits.
+    """
+    total = 0.0
+    hooks = []
+
+    def linear_like(module, param_name):
+        def hook(mod, inputs, output):
+            nonlocal total
+            out = output[0] if isinstance(output, tuple) else output
+            positions = out.numel() / out.shape[0] / getattr(mod, param_name).shape[0] if param_name == "weight" else 0
+            per_row, bits = _weight_cost(mod, param_name)
+            total += positions * getattr(mod, param_name).shape[0] * per_row * bits * activation_bits
+        return hook
+
+    def attention(mod, inputs, output):
+        nonlocal total
+        seq = output[0].shape[1] if mod.batch_first else output[0].shape[0]
+        for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            if getattr(mod, name, None) is not None:
+                per_row, bits = _weight_cost(mod, name)
+                total += seq * getattr(mod, name).shape[0] * per_row * bits * activation_bits
+        per_row, bits = _weight_cost(mod.out_proj, "weight")
+        total += seq * mod.out_proj.weight.shape[0] * per_row * bits * activation_bits
+        total += 2 * seq * seq * mod.embed_dim * activation_bits * activation_bits
+
+    inside_attention = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention):
+            hooks.append(module.register_forward_hook(attention))
+            inside_attention.add(id(module.out_proj))
+        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and id(module) not in inside_attention:
+            hooks.append(module.register_forward_hook(linear_like(module, "weight")))
+    try:
+        was_training = model.training
+        model.eval()
+        with parametrize.cached():
+            model(example[:1])
+        model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+

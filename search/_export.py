@@ -1,0 +1,91 @@
+"""``export`` and ``status``: read the study, never write it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from compresstune.artifact import load
+from compresstune.compress import squash
+from compresstune.config import StudyConfig, ensure_import_paths
+from compresstune.objectives import evaluate
+from compresstune.search._storage import SearchError, load_study, read_pointer
+
+__all__ = ["export_trial", "status_text"]
+
+
+def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    trials = study.get_trials(deepcopy=False)
+    if not 0 <= number < len(trials):
+        raise SearchError(f"`--trial` must be a trial number in 0..{len(trials) - 1}; got {number}.")
+    t = trials[number]
+    if t.state != TrialState.COMPLETE or "artifact" not in t.user_attrs:
+        why = t.user_attrs.get("fail_reason") or t.user_attrs.get("rejected") or t.state.name
+        raise SearchError(f"trial {number} has no artifact to export ({why}); pick a COMPLETE trial, e.g. from the front.")
+    return t
+
+
+def _rebuild(study: optuna.Study, out: Path):
+    """The study's data and baseline model, from the config stored in the study."""
+    from compresstune.search._controller import load_data_and_model
+
+    config = StudyConfig.model_validate(study.user_attrs["config"])
+    study_file = study.user_attrs.get("study_file")
+    if study_file:
+        ensure_import_paths(study_file)
+    return load_data_and_model(config, out)
+
+
+def export_trial(out: str | Path, number: int, output: str | Path, *, squash_to: str | Path | None = None,
+                 check: bool = True) -> str:
+    """Copy trial ``number``'s artifact to ``output``; check it loads and reproduces the stored accuracy.
+
+    Returns a one-paragraph summary.
+    """
+    out = Path(out).resolve()
+    study = load_study(out)
+    t = _trial(study, number)
+    src = out / t.user_attrs["artifact"]
+    if not src.exists():
+        raise SearchError(f"trial {number}'s artifact {str(src)!r} is missing from the output folder.")
+    shutil.copyfile(src, output)
+    lines = [f"trial {number}: {t.user_attrs['size_bytes']:,} bytes ({t.user_attrs['ratio']:.1f}x smaller), "
+             f"val accuracy {t.user_attrs['val_accuracy']:.4f}, test accuracy {t.user_attrs['test_accuracy']:.4f}",
+             f"artifact: {output}"]
+    if check or squash_to:
+        splits, model = _rebuild(study, out)
+        small = load(output, into=model).eval()
+        if check:
+            acc = evaluate(small, splits.val)
+            if abs(acc - t.user_attrs["val_accuracy"]) > 1e-6:
+                raise SearchError(f"the artifact reloads with val accuracy {acc:.6f}, but the study recorded "
+                                  f"{t.user_attrs['val_accuracy']:.6f}; it is not the model the trial measured.")
+            lines.append(f"checked: reloads and reproduces val accuracy {acc:.4f}")
+        if squash_to:
+            torch.save(squash(small), squash_to)
+            lines.append(f"squashed nn.Module: {squash_to} (torch.load(..., weights_only=False); no compresstune needed)")
+    return "\n".join(lines)
+
+
+def status_text(study: optuna.Study, out: Path) -> str:
+    """Progress, the current front as a table, and the Optuna command that reads the same study."""
+    from compresstune.search.pareto import front
+
+    pointer = read_pointer(out)
+    trials = study.get_trials(deepcopy=False)
+    by_state = {s.name: sum(t.state == s for t in trials) for s in TrialState}
+    wanted = study.user_attrs.get("config", {}).get("search", {}).get("trials")
+    head = (f"study {study.study_name!r} in {pointer.storage}\n"
+            f"trials: {by_state['COMPLETE']} complete" + (f" of {wanted}" if wanted else "") +
+            f", {by_state['FAIL']} failed, {by_state['RUNNING']} running, {by_state['WAITING']} queued")
+    table = front(study)
+    cols = [c for c in ("number", "val_accuracy", "test_accuracy", "size_bytes", "ratio") if c in table.columns]
+    body = table[cols].to_string(index=False) if len(table) else "(no feasible Pareto-optimal trial yet)"
+    cmd = f"optuna best-trials --study-name {study.study_name} --storage {pointer.storage}"
+    return f"{head}\n\nPareto front (feasible):\n{body}\n\nSame set with Optuna's own CLI:\n  {cmd}"
+
+

@@ -1,0 +1,56 @@
+"""The in-process executor: ask, suggest, run, tell, one trial at a time."""
+
+from __future__ import annotations
+
+import sys
+
+from optuna.trial import TrialState
+
+from compresstune.search._controller import Session, counts, record
+from compresstune.search._progress import Progress
+from compresstune.search._storage import SearchError
+from compresstune.search._trial import TrialOutcome, run_trial
+
+__all__ = ["run_local"]
+
+
+def run_local(session: Session, *, progress: bool = True) -> None:
+    """Run trials until ``search.trials`` are COMPLETE (resuming counts earlier ones)."""
+    cfg = session.config.search
+    study = session.study
+    bar = Progress(study, cfg.trials, enabled=progress, stream=sys.stderr)
+    try:
+        while True:
+            c = counts(study)
+            if c["complete"] >= cfg.trials:
+                break
+            if c["failed"] >= cfg.max_failures:
+                raise SearchError(_too_many_failures(study, c["failed"]))
+            _one_trial(session)
+            bar.update()
+    finally:
+        bar.close()
+
+
+def _one_trial(session: Session) -> None:
+    study = session.study
+    trial = study.ask()
+    trial.set_user_attr("driver", session.driver)
+    try:
+        plan = session.space.suggest(trial)
+        outcome = run_trial(plan, session.context)
+    except KeyboardInterrupt:
+        outcome = TrialOutcome("fail", fail_reason="interrupted: stopped by the user (Ctrl-C or SIGTERM)")
+        record(study, trial, outcome, session.out)
+        study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number}, skip_if_exists=False)
+        raise
+    except Exception as exc:  # noqa: BLE001 - the space itself failed: record, go on
+        outcome = TrialOutcome("fail", fail_reason=f"{type(exc).__name__}: {exc}")
+    record(study, trial, outcome, session.out)
+
+
+def _too_many_failures(study, failed: int) -> str:
+    last = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))]
+    reason = last[-1].user_attrs.get("fail_reason", "unknown") if last else "unknown"
+    return (f"stopped after {failed} failed trials (search.max_failures); the last one failed with: {reason}")
+
