@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return {"run": _run, "report": _report, "export": _export, "status": _status}[args.command](args)
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import platform
 import signal
 import sys
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,24 +82,18 @@ def _settings(config: StudyConfig, baseline_acc: float, reference_bytes: int) ->
 
 
 def make_sampler(name: str, *, seed: int, trials: int) -> optuna.samplers.BaseSampler:
-    """The study's sampler. All constrained samplers read the trial's "constraints" attribute."""
-    constraints = _constraints_of
+    """The study's sampler. Samplers read constraints from ``trial.set_constraint`` (Optuna >= 5)."""
     if name == "tpe":
         return optuna.samplers.TPESampler(multivariate=True, constant_liar=True, seed=seed,
-                                          n_startup_trials=min(10, max(4, trials // 4)), constraints_func=constraints)
+                                          n_startup_trials=min(10, max(4, trials // 4)))
     if name == "nsga2":
         # The default population of 50 would make a 40-trial study pure random search.
-        return optuna.samplers.NSGAIISampler(population_size=max(4, min(50, trials // 5)), seed=seed,
-                                             constraints_func=constraints)
+        return optuna.samplers.NSGAIISampler(population_size=max(4, min(50, trials // 5)), seed=seed)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, constraints_func=constraints)
+        return optuna.samplers.GPSampler(seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"`search.sampler` must be one of tpe, nsga2, gp, random; got {name!r}.")
-
-
-def _constraints_of(trial: optuna.trial.FrozenTrial) -> list[float]:
-    return list(trial.user_attrs.get("constraints", []))
 
 
 def _study_attrs(config: StudyConfig, base: dict, space: Space, settings: TrialSettings, study_file) -> dict:
@@ -147,7 +142,9 @@ def _open_study(config: StudyConfig, storage_url: str, sampler, attrs: dict, new
         return study
     directions = ["maximize", "minimize"] + (["minimize"] if len(config.objectives) > 2 else [])
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions)
-    study.set_metric_names([METRICS[o] for o in _ordered_objectives(config)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([METRICS[o] for o in _ordered_objectives(config)])
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     return study
@@ -215,9 +212,8 @@ def record(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, out:
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
     if outcome.state == "complete":
-        trial.set_user_attr("constraints", outcome.constraints)
-        # Set for every sampler (RandomSampler has no constraints_func), so best_trials sees it.
-        study._storage.set_trial_system_attr(trial._trial_id, "constraints", outcome.constraints)
+        for name, value in outcome.constraints.items():
+            trial.set_constraint(name, value)
         study.tell(trial, outcome.values)
     else:
         trial.set_user_attr("fail_reason", outcome.fail_reason or "unknown")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import torch
 from optuna.trial import TrialState
 
 from compresstune.search._controller import Session, counts, record
@@ -18,6 +19,9 @@ def run_local(session: Session, *, progress: bool = True) -> None:
     """Run trials until ``search.trials`` are COMPLETE (resuming counts earlier ones)."""
     cfg = session.config.search
     study = session.study
+    # One trial at a time on this process: use the CPUs a trial is given, no more
+    # (oversubscribed BLAS threads made small models several times slower).
+    torch.set_num_threads(max(1, int(session.config.resources.cpus_per_trial)))
     bar = Progress(study, cfg.trials, enabled=progress, stream=sys.stderr)
     try:
         while True:

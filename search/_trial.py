@@ -71,7 +71,7 @@ class TrialOutcome:
 
     state: str  # "complete" or "fail"
     values: list[float] | None = None
-    constraints: list[float] = field(default_factory=list)
+    constraints: dict[str, float] = field(default_factory=dict)
     user_attrs: dict[str, Any] = field(default_factory=dict)
     artifact: bytes | None = None
     fail_reason: str | None = None
@@ -85,16 +85,18 @@ def constraint_names(s: TrialSettings) -> list[str]:
     return names + ["stopped"]
 
 
-def constraints_for(s: TrialSettings, val_accuracy: float, size_bytes: int, *, stopped: bool = False) -> list[float]:
-    """Positive means violated; the layout is :func:`constraint_names`, the same for every trial."""
-    out = []
+def constraints_for(s: TrialSettings, val_accuracy: float, size_bytes: int, *,
+                    stopped: bool = False) -> dict[str, float]:
+    """Named constraint values, positive when violated; the same names (:func:`constraint_names`) for every trial."""
+    out = {}
     if s.max_accuracy_drop is not None:
-        out.append((s.baseline_val_accuracy - s.max_accuracy_drop) - val_accuracy)
+        out["accuracy_drop"] = (s.baseline_val_accuracy - s.max_accuracy_drop) - val_accuracy
     if s.max_size_bytes is not None:
-        out.append(float(size_bytes - s.max_size_bytes))
+        out["max_size_bytes"] = float(size_bytes - s.max_size_bytes)
     if s.min_ratio is not None:
-        out.append(s.min_ratio - s.reference_bytes / size_bytes)
-    return out + [1.0 if stopped else 0.0]
+        out["min_ratio"] = s.min_ratio - s.reference_bytes / size_bytes
+    out["stopped"] = 1.0 if stopped else 0.0
+    return out
 
 
 def over_budget(s: TrialSettings, size_bytes: int) -> bool:

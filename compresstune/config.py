@@ -1,0 +1,866 @@
+"""The study config: one YAML file, validated before any compute.
+
+A study file names the model and data factories, the search space, the
+objectives, the recovery fine-tune and the search settings::
+
+    name: digits
+    model: {factory: "studies.digits:baseline", kwargs: {}}
+    data:  {factory: "studies.digits:data", kwargs: {}}
+    space:
+      include: ["*"]
+      exclude: []
+      types: null
+      sparsity: {low: 0.0, high: 0.95, step: null}
+      bits: [2, 3, 4, 5, 6, 8, 16, 32]
+      rank_fraction: [0.25, 0.5, 1.0]
+      structured: [false]
+      overrides:
+        - {type: conv2d, bits: [4, 8]}
+        - {pattern: "features.*", sparsity: {low: 0.0, high: 0.5}}
+        - {name: "classifier.2", bits: 8}
+      groups:
+        - {name: stage1, pattern: "layer1.*"}
+      temperature: {low: 1.0, high: 8.0, log: true}
+      alpha: {low: 0.0, high: 1.0}
+    objectives: [accuracy, size]
+    finetune: {steps: 200, batch_size: 64, lr: 0.001, optimizer: adam}
+    constraints: {max_accuracy_drop: 0.02}
+    search: {sampler: tpe, trials: 40, seed: 0}
+
+Knobs. ``sparsity``, ``temperature`` and ``alpha`` take a range
+``{low, high, step, log}`` or a plain number (fixed: no parameter is searched).
+``bits``, ``rank_fraction`` and ``structured`` take a list of choices or a
+single value (fixed). ``rank_fraction: 1.0`` (or ``null``) means no
+factorisation; a fraction that would not make a layer smaller also means none
+for that layer.
+
+Priority of knob settings, per layer and per knob (as torch's
+``QConfigMapping``): **global < type < pattern < exact name**. An override sets
+only the knobs it names; among overrides of the same priority the later one in
+the list wins. A group (``groups``) gives every layer its pattern matches ONE
+set of parameters named after the group; knobs set on the group itself win over
+everything, and otherwise its members must resolve to the same settings.
+
+Patterns are ``fnmatch`` globs on the layer FQN, or ``re:<regex>`` (full
+match). Every problem (unknown key, value out of range, bad import path) is a
+:class:`~compresstune.errors.ConfigError` naming the field path, the value and
+what is allowed.
+
+Example:
+    >>> cfg = StudyConfig.from_dict({"name": "demo",
+    ...     "model": {"factory": "studies.digits:baseline"},
+    ...     "data": {"factory": "studies.digits:data"},
+    ...     "finetune": {"steps": 300}})
+    >>> cfg.finetune.steps, cfg.search.out
+    (300, 'runs/demo')
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import inspect
+import json
+import math
+import os
+import re
+import sys
+import types as _types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Callable, Literal, Mapping
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+from compresstune.errors import ConfigError
+from compresstune.plan import ALLOWED_BITS
+
+__all__ = [
+    "KINDS",
+    "OBJECTIVES",
+    "SAMPLERS",
+    "ConstraintsConfig",
+    "FactorySpec",
+    "FinetuneConfig",
+    "FloatRange",
+    "GroupConfig",
+    "LatencyConfig",
+    "Override",
+    "ResourcesConfig",
+    "SearchConfig",
+    "SpaceConfig",
+    "StudyConfig",
+    "check_factories",
+    "config_diff",
+    "ensure_import_paths",
+    "load_config",
+    "resolve_import",
+]
+
+KINDS = ("linear", "conv1d", "conv2d", "embedding", "attention")
+SAMPLERS = ("tpe", "nsga2", "gp", "random")
+OBJECTIVES = ("accuracy", "size", "latency", "bops")
+OPTIMIZERS = ("adam", "sgd")
+# The parts of a config that define what a study measures; the rest (trials,
+# out, storage, workers, address, ...) may change when a study is resumed.
+FINGERPRINT_FIELDS = ("model", "data", "space", "objectives", "finetune", "constraints", "activation_bits")
+_GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+# -- scalar types ------------------------------------------------------------------
+
+def _no_bool(value: Any) -> Any:
+    # YAML `true` must not silently become 1 / 1.0.
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, not a boolean; got {value!r}")
+    return value
+
+
+Num = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
+Int = Annotated[int, BeforeValidator(_no_bool)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatRange(_Frozen):
+    """A float knob: searched in ``[low, high]`` (optionally on a ``step`` grid or a
+    log scale), fixed when ``low == high``. A plain number in YAML is a fixed range.
+
+    Example:
+        >>> FloatRange(low=0.0, high=0.5).fixed
+        False
+        >>> FloatRange(low=0.3, high=0.3).fixed
+        True
+    """
+
+    low: Num
+    high: Num
+    step: Num | None = None
+    log: StrictBool = False
+
+    @model_validator(mode="after")
+    def _check(self) -> "FloatRange":
+        if self.low > self.high:
+            raise ValueError(f"`low` must be <= `high`; got low={self.low}, high={self.high}")
+        if self.step is not None and self.step <= 0:
+            raise ValueError(f"`step` must be > 0 or null; got {self.step}")
+        if self.log and self.step is not None:
+            raise ValueError("`log` and `step` cannot be used together")
+        if self.log and self.low <= 0:
+            raise ValueError(f"`log: true` needs `low` > 0; got low={self.low}")
+        return self
+
+    @property
+    def fixed(self) -> bool:
+        """True when the range holds one value (no parameter is searched)."""
+        return self.low == self.high
+
+
+def _as_range(value: Any) -> Any:
+    _no_bool(value)
+    if isinstance(value, (int, float)):
+        return {"low": value, "high": value}
+    return value
+
+
+def _as_list(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError("must list at least one choice")
+        return list(value)
+    return [value]
+
+
+def _as_fractions(value: Any) -> Any:
+    # null means "never factorised", which is the fixed choice 1.0.
+    return [1.0] if value is None else _as_list(value)
+
+
+def _sorted_unique(values: list) -> list:
+    return sorted(set(values))
+
+
+def _check_bounds(name: str, rng: FloatRange | None, lo: float, hi: float, *, lo_open=False, hi_open=False):
+    if rng is None:
+        return rng
+    for end in ("low", "high"):
+        v = getattr(rng, end)
+        if v < lo or (lo_open and v == lo) or v > hi or (hi_open and v == hi):
+            interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            raise ValueError(f"{name} `{end}` must be in {interval}; got {v:g}")
+    return rng
+
+
+def _check_bits(values: list | None) -> list | None:
+    if values is None:
+        return values
+    bad = [b for b in values if b not in ALLOWED_BITS]
+    if bad:
+        raise ValueError(f"bits must be in {list(ALLOWED_BITS)}; got {bad[0]!r}")
+    return _sorted_unique(values)
+
+
+def _check_fractions(values: list | None) -> list | None:
+    if values is None:
+        return values
+    bad = [f for f in values if not 0 < f <= 1]
+    if bad:
+        raise ValueError(f"rank_fraction must be in (0, 1]; got {bad[0]!r}")
+    return _sorted_unique(values)
+
+
+def _check_pattern(pattern: str) -> str:
+    if not pattern:
+        raise ValueError("a pattern must not be empty")
+    if pattern.startswith("re:"):
+        try:
+            re.compile(pattern[3:])
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression {pattern[3:]!r}: {exc}") from None
+    return pattern
+
+
+Patterns = Annotated[list[StrictStr], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)]
+RangeKnob = Annotated[FloatRange, BeforeValidator(_as_range)]
+BitsKnob = Annotated[list[Int], BeforeValidator(_as_list)]
+FractionKnob = Annotated[list[Num], BeforeValidator(_as_fractions)]
+BoolKnob = Annotated[list[StrictBool], BeforeValidator(_as_list)]
+Kind = Literal["linear", "conv1d", "conv2d", "embedding", "attention"]
+
+
+# -- space -------------------------------------------------------------------------
+
+class _LayerKnobs(_Frozen):
+    """The per-layer knobs an override or a group may set (None: inherit)."""
+
+    sparsity: RangeKnob | None = None
+    bits: BitsKnob | None = None
+    rank_fraction: FractionKnob | None = None
+    structured: BoolKnob | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _explicit_null_rank(cls, data: Any) -> Any:
+        # In an override, an absent rank_fraction inherits; an explicit null means
+        # "never factorised", i.e. the fixed choice 1.0.
+        if isinstance(data, Mapping) and "rank_fraction" in data and data["rank_fraction"] is None:
+            data = {**data, "rank_fraction": [1.0]}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler) -> dict[str, Any]:
+        # An unset knob (None) must not come back as an explicit `rank_fraction: null`
+        # ("never factorised") when the dump is read again.
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, v):
+        return _check_bounds("sparsity", v, 0.0, 1.0, hi_open=True)
+
+    _bits = field_validator("bits")(classmethod(lambda cls, v: _check_bits(v)))
+    _fractions = field_validator("rank_fraction")(classmethod(lambda cls, v: _check_fractions(v)))
+    _structured = field_validator("structured")(classmethod(lambda cls, v: None if v is None else _sorted_unique(v)))
+
+    def knobs_set(self) -> dict[str, Any]:
+        """The knobs this entry sets, by name."""
+        return {k: getattr(self, k) for k in ("sparsity", "bits", "rank_fraction", "structured")
+                if getattr(self, k) is not None}
+
+
+class Override(_LayerKnobs):
+    """Knob settings for the layers one selector picks: ``type`` (a layer kind),
+    ``pattern`` (glob or ``re:``) or ``name`` (an exact FQN) — exactly one.
+
+    Example:
+        >>> Override(type="conv2d", bits=[4, 8]).selector
+        ('type', 'conv2d')
+    """
+
+    type: Kind | None = None
+    pattern: StrictStr | None = None
+    name: StrictStr | None = None
+
+    _pattern = field_validator("pattern")(classmethod(lambda cls, v: v if v is None else _check_pattern(v)))
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> "Override":
+        given = [k for k in ("type", "pattern", "name") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"an override needs exactly one selector out of type, pattern, name; got {given or 'none'}")
+        if not self.knobs_set():
+            raise ValueError(f"the override for {self.selector[0]} {self.selector[1]!r} sets no knob; "
+                             f"set any of sparsity, bits, rank_fraction, structured")
+        return self
+
+    @property
+    def selector(self) -> tuple[str, str]:
+        """``(kind of selector, value)``."""
+        for key in ("type", "pattern", "name"):
+            if getattr(self, key) is not None:
+                return key, getattr(self, key)
+        raise AssertionError("unreachable: validated at construction")
+
+
+class GroupConfig(_LayerKnobs):
+    """Layers matched by ``pattern`` share one set of parameters named ``<name>:<knob>``.
+
+    Example:
+        >>> GroupConfig(name="stage1", pattern="layer1.*").name
+        'stage1'
+    """
+
+    name: StrictStr
+    pattern: StrictStr
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _GROUP_NAME.match(v) or v == "distill":
+            raise ValueError(f"a group name must match {_GROUP_NAME.pattern} and not be 'distill'; got {v!r}")
+        return v
+
+    _pattern = field_validator("pattern")(classmethod(lambda cls, v: _check_pattern(v)))
+
+
+class SpaceConfig(_Frozen):
+    """Which layers are searched and the knob ranges; see the module docstring.
+
+    Example:
+        >>> SpaceConfig(bits=8).bits
+        [8]
+    """
+
+    include: Patterns = ["*"]
+    exclude: Patterns = []
+    types: Annotated[list[Kind], BeforeValidator(lambda v: [v] if isinstance(v, str) else v)] | None = None
+    sparsity: RangeKnob = FloatRange(low=0.0, high=0.95)
+    bits: BitsKnob = [2, 3, 4, 5, 6, 8, 16, 32]
+    rank_fraction: FractionKnob = [0.25, 0.5, 1.0]
+    structured: BoolKnob = [False]
+    overrides: list[Override] = []
+    groups: list[GroupConfig] = []
+    temperature: RangeKnob = FloatRange(low=1.0, high=8.0, log=True)
+    alpha: RangeKnob = FloatRange(low=0.0, high=1.0)
+
+    _sparsity = field_validator("sparsity")(
+        classmethod(lambda cls, v: _check_bounds("sparsity", v, 0.0, 1.0, hi_open=True)))
+    _temperature = field_validator("temperature")(
+        classmethod(lambda cls, v: _check_bounds("temperature", v, 0.0, math.inf, lo_open=True)))
+    _alpha = field_validator("alpha")(classmethod(lambda cls, v: _check_bounds("alpha", v, 0.0, 1.0)))
+    _bits = field_validator("bits")(classmethod(lambda cls, v: _check_bits(v)))
+    _fractions = field_validator("rank_fraction")(classmethod(lambda cls, v: _check_fractions(v)))
+    _structured = field_validator("structured")(classmethod(lambda cls, v: _sorted_unique(v)))
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        return [_check_pattern(p) for p in v]
+
+    @field_validator("types")
+    @classmethod
+    def _types(cls, v):
+        if v is not None and not v:
+            raise ValueError(f"`types` must be null or list at least one of {list(KINDS)}")
+        return v
+
+    @field_validator("groups")
+    @classmethod
+    def _unique_groups(cls, v: list[GroupConfig]) -> list[GroupConfig]:
+        names = [g.name for g in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"group names must be unique; {dup} appear more than once")
+        return v
+
+    def global_knobs(self) -> dict[str, Any]:
+        """The global (lowest-priority) per-layer knob settings."""
+        return {"sparsity": self.sparsity, "bits": self.bits, "rank_fraction": self.rank_fraction,
+                "structured": self.structured}
+
+
+# -- other sections -------------------------------------------------------------------
+
+class FactorySpec(_Frozen):
+    """A callable named ``"package.module:function"`` plus keyword arguments.
+
+    Example:
+        >>> FactorySpec(factory="math:hypot").call(x=3, y=4)  # doctest: +SKIP
+    """
+
+    factory: StrictStr
+    kwargs: dict[str, Any] = {}
+
+    @field_validator("factory")
+    @classmethod
+    def _factory(cls, v: str) -> str:
+        if not _FACTORY.match(v):
+            raise ValueError(f"must look like 'package.module:function'; got {v!r}")
+        return v
+
+    def resolve(self) -> Callable:
+        """The callable, imported now (ConfigError when it cannot be)."""
+        return resolve_import(self.factory)
+
+    def call(self, **context: Any) -> Any:
+        """Call the factory with ``kwargs`` plus those ``context`` keywords it accepts.
+
+        Example:
+            >>> spec = FactorySpec(factory="studies.digits:data")
+            >>> splits = spec.call(cache_dir=".cache")  # cache_dir dropped: data() does not take it  # doctest: +SKIP
+        """
+        fn = self.resolve()
+        accepted = {k: v for k, v in context.items() if _accepts(fn, k)}
+        return fn(**self.kwargs, **accepted)
+
+
+class FinetuneConfig(_Frozen):
+    """The recovery fine-tune with knowledge distillation."""
+
+    steps: Int = Field(200, ge=0)
+    batch_size: Int = Field(64, ge=1)
+    lr: Num = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    eval_every: Int = Field(50, ge=1)
+    eval_batch_size: Int = Field(512, ge=1)
+    weight_decay: Num = Field(0.0, ge=0)
+
+
+class ConstraintsConfig(_Frozen):
+    """Feasibility: a trial breaking any of these is told infeasible."""
+
+    max_accuracy_drop: Num | None = Field(0.02, ge=0, le=1)
+    max_size_bytes: Int | None = Field(None, gt=0)
+    min_ratio: Num | None = Field(None, ge=1)
+
+
+class LatencyConfig(_Frozen):
+    """How the latency objective is measured."""
+
+    batch_size: Int = Field(1, ge=1)
+    repeats: Int = Field(30, ge=1)
+    warmup: Int = Field(5, ge=0)
+
+
+class ResourcesConfig(_Frozen):
+    """Per-trial resources (Ray)."""
+
+    cpus_per_trial: Num = Field(1, gt=0)
+    gpus_per_trial: Num = Field(0, ge=0)
+
+
+class SearchConfig(_Frozen):
+    """How the search runs; none of this changes the study's fingerprint."""
+
+    sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
+    trials: Int = Field(40, ge=1)
+    seed: Int | None = 0
+    storage: StrictStr | None = None
+    out: StrictStr | None = None
+    max_failures: Int = Field(10, ge=0)
+    workers: Int = Field(0, ge=0)
+    address: StrictStr | None = None
+
+
+class StudyConfig(_Frozen):
+    """A validated study definition. Build it with :func:`load_config` or
+    :meth:`from_dict`; both raise :class:`ConfigError`.
+
+    Example:
+        >>> cfg = StudyConfig.from_dict({"model": {"factory": "m:f"}, "data": {"factory": "m:d"}})
+        >>> cfg.name, cfg.objectives, cfg.search.trials
+        ('study', ['accuracy', 'size'], 40)
+    """
+
+    name: StrictStr = "study"
+    model: FactorySpec
+    data: FactorySpec
+    space: SpaceConfig = SpaceConfig()
+    objectives: list[Literal["accuracy", "size", "latency", "bops"]] = ["accuracy", "size"]
+    finetune: FinetuneConfig = FinetuneConfig()
+    constraints: ConstraintsConfig = ConstraintsConfig()
+    activation_bits: Int = Field(32, ge=2, le=32)
+    latency: LatencyConfig = LatencyConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    search: SearchConfig = SearchConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_out(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        search = data.get("search")
+        if search is None or (isinstance(search, Mapping) and search.get("out") is None):
+            name = data.get("name", "study")
+            data = {**data, "search": {**(search or {}), "out": f"runs/{name}"}}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _STUDY_NAME.match(v):
+            raise ValueError(f"must match {_STUDY_NAME.pattern} (it names the study and its folder); got {v!r}")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"objectives must not repeat; got {v}")
+        missing = [o for o in ("accuracy", "size") if o not in v]
+        if missing:
+            raise ValueError(f"objectives must include accuracy and size; {missing} missing from {v}")
+        if "latency" in v and "bops" in v:
+            raise ValueError(f"at most one third objective (latency or bops); got {v}")
+        return [o for o in OBJECTIVES if o in v]  # canonical order: accuracy, size, then the third
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str | None = None) -> "StudyConfig":
+        """Validate a plain mapping (as read from YAML).
+
+        Raises:
+            ConfigError: listing every problem with its field path.
+        """
+        if not isinstance(data, Mapping):
+            where = f" in {source}" if source else ""
+            raise ConfigError(f"a study config must be a mapping of sections{where}; got {type(data).__name__}.")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_format_errors(exc, cls, source)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON-able data (what ``from_dict`` reads back)."""
+        return self.model_dump(mode="json")
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        """The parts that define what the study measures (see :meth:`fingerprint`)."""
+        return self.model_dump(mode="json", include=set(FINGERPRINT_FIELDS))
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON of model, data, space, objectives, finetune,
+        constraints and activation_bits. Search settings (trials, out, storage,
+        workers, address, ...) are left out, so ``--trials 80`` extends a study.
+
+        Example:
+            >>> a = StudyConfig.from_dict({"model": {"factory": "m:f"}, "data": {"factory": "m:d"}})
+            >>> a.fingerprint() == a.with_search(trials=80).fingerprint()
+            True
+        """
+        text = json.dumps(self.fingerprint_data(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def with_search(self, **changes: Any) -> "StudyConfig":
+        """A copy with ``search.*`` fields replaced (``None`` values are ignored).
+
+        Example:
+            >>> cfg = StudyConfig.from_dict({"model": {"factory": "m:f"}, "data": {"factory": "m:d"}})
+            >>> cfg.with_search(trials=5, sampler="random").search.trials
+            5
+        """
+        data = self.to_dict()
+        data["search"] = {**data["search"], **_search_changes(changes)}
+        return StudyConfig.from_dict(data)
+
+
+# -- error messages ---------------------------------------------------------------------
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model class inside an annotation (list[X], X | None, Annotated[X, ...])."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    cls: type[BaseModel] | None = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if cls is None or part not in cls.model_fields:
+            return None
+        cls = _model_in(cls.model_fields[part].annotation)
+    return cls
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _unknown_key(loc: tuple, root: type[BaseModel]) -> str:
+    owner = _model_at(root, loc[:-1])
+    allowed = list(owner.model_fields) if owner is not None else []
+    key = str(loc[-1])
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+    hint = f" — did you mean `{close[0]}`?" if close else ""
+    return f"unknown key `{_path(loc)}`{hint} (allowed keys: {', '.join(allowed)})"
+
+
+def _one_error(err: dict, root: type[BaseModel]) -> str:
+    loc = tuple(err["loc"])
+    if err["type"] == "extra_forbidden":
+        return _unknown_key(loc, root)
+    msg = err["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix):]
+    where = f"`{_path(loc)}`" if loc else "the config"
+    if err["type"] == "missing":
+        return f"{where} is required"
+    if "got " in msg:  # our own messages already show the value
+        return f"{where}: {msg}"
+    return f"{where}: {msg} (got {err.get('input')!r})"
+
+
+def _format_errors(exc: ValidationError, root: type[BaseModel], source: str | None) -> str:
+    lines = [_one_error(e, root) for e in exc.errors(include_url=False)]
+    head = f"invalid study config{f' {source}' if source else ''}"
+    if len(lines) == 1:
+        return f"{head}: {lines[0]}"
+    return head + ":\n" + "\n".join(f"  - {line}" for line in lines)
+
+
+def _search_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    allowed = list(SearchConfig.model_fields)
+    for key in changes:
+        if key not in allowed:
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5)
+            hint = f" — did you mean `{close[0]}`?" if close else ""
+            raise ConfigError(f"unknown search override `{key}`{hint} (allowed: {', '.join(allowed)})")
+    return {k: v for k, v in changes.items() if v is not None}
+
+
+# -- loading ------------------------------------------------------------------------------
+
+def load_config(path: str | os.PathLike, *, check_imports: bool = True, **overrides: Any) -> StudyConfig:
+    """Read and validate a study YAML file.
+
+    ``name`` defaults to the file stem and ``search.out`` to ``runs/<name>``.
+
+    Args:
+        path: the study YAML file.
+        check_imports: put the study's folders on ``sys.path`` (see
+            :func:`ensure_import_paths`) and check that the model and data
+            factories import and accept their ``kwargs``.
+        **overrides: ``search.*`` fields to replace (trials=, out=, storage=,
+            sampler=, seed=, workers=, address=, max_failures=); ``None``
+            values are ignored, so CLI flags can be passed through as they are.
+
+    Raises:
+        ConfigError: for any problem, before any compute.
+
+    Example:
+        >>> cfg = load_config("studies/digits.yaml", trials=80)  # doctest: +SKIP
+        >>> cfg.search.trials  # doctest: +SKIP
+        80
+    """
+    path = Path(path)
+    raw = _read_yaml(path)
+    raw.setdefault("name", path.stem)
+    changes = _search_changes(overrides)
+    if changes:
+        search = raw.get("search") or {}
+        if not isinstance(search, Mapping):
+            raise ConfigError(f"`search` must be a mapping in {path}; got {search!r}.")
+        raw["search"] = {**search, **changes}
+    cfg = StudyConfig.from_dict(raw, source=str(path))
+    if check_imports:
+        ensure_import_paths(path)
+        check_factories(cfg)
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"study file not found: {path} (working directory {os.getcwd()})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read study file {path}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (model, data, space, ...); "
+                          f"got {type(raw).__name__}.")
+    return raw
+
+
+def check_factories(cfg: StudyConfig) -> None:
+    """Import the model and data factories and check they accept their kwargs.
+
+    Raises:
+        ConfigError: a missing module or attribute, something not callable, or
+            kwargs the function does not take.
+    """
+    reserved = {"model": ("data", "cache_dir"), "data": ("cache_dir",)}
+    for section in ("model", "data"):
+        spec: FactorySpec = getattr(cfg, section)
+        fn = spec.resolve()
+        if not callable(fn):
+            raise ConfigError(f"`{section}.factory` {spec.factory!r} is a {type(fn).__name__}, not a callable.")
+        clash = sorted(set(spec.kwargs) & set(reserved[section]))
+        if clash:
+            raise ConfigError(f"`{section}.kwargs` must not set {clash}: compresstune passes them.")
+        probe = dict(spec.kwargs)
+        if section == "model":
+            probe["data"] = None
+        probe.update({k: None for k in reserved[section] if k not in probe and _accepts(fn, k)})
+        try:
+            inspect.signature(fn).bind(**probe)
+        except TypeError as exc:
+            raise ConfigError(f"`{section}.factory` {spec.factory!r} cannot be called with "
+                              f"{sorted(probe)}: {exc}.") from None
+        except ValueError:  # no signature (a builtin): nothing to check
+            pass
+
+
+def _accepts(fn: Callable, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    if name in params and params[name].kind is not inspect.Parameter.POSITIONAL_ONLY:
+        return True
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def ensure_import_paths(study_path: str | os.PathLike) -> list[str]:
+    """Put the current directory and the study file's parent and grandparent
+    folders on ``sys.path``, so ``studies/digits.yaml`` can name ``studies.digits``.
+
+    Returns:
+        The folders that were added (absent ones only).
+
+    Example:
+        >>> added = ensure_import_paths("studies/digits.yaml")
+        >>> os.getcwd() in sys.path
+        True
+    """
+    parent = Path(study_path).resolve().parent
+    wanted = [Path.cwd().resolve(), parent.parent, parent]
+    added = []
+    for folder in reversed(wanted):  # inserted at the front: cwd ends up first
+        text = str(folder)
+        if text not in sys.path:
+            sys.path.insert(0, text)
+            added.append(text)
+    return added[::-1]
+
+
+def resolve_import(spec: str) -> Any:
+    """Import ``"package.module:attribute"`` (the attribute may be dotted).
+
+    Raises:
+        ConfigError: saying which module cannot be imported, or which attribute
+            is missing, with close names.
+
+    Example:
+        >>> resolve_import("os.path:join") is os.path.join
+        True
+    """
+    if not isinstance(spec, str) or not _FACTORY.match(spec):
+        raise ConfigError(f"an import path must look like 'package.module:function'; got {spec!r}.")
+    module_name, _, attr_path = spec.partition(":")
+    obj: Any = _import_module(module_name)
+    where = f"module {module_name!r}"
+    done: list[str] = []
+    for attr in attr_path.split("."):
+        if not hasattr(obj, attr):
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(attr, names, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ConfigError(f"{where} has no attribute {attr!r}{hint} (import path {spec!r})")
+        obj = getattr(obj, attr)
+        done.append(attr)
+        where = repr(f"{module_name}:{'.'.join(done)}")
+    return obj
+
+
+def _import_module(name: str) -> _types.ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (name == missing or name.startswith(missing + ".")):
+            raise ConfigError(
+                f"cannot import module {name!r}: no module named {missing!r} (is the folder on sys.path? "
+                f"compresstune adds the current directory and the study file's parent folders)") from None
+        raise ConfigError(f"importing module {name!r} failed: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - user code raising at import time
+        raise ConfigError(f"importing module {name!r} raised {type(exc).__name__}: {exc}") from exc
+
+
+# -- diff ------------------------------------------------------------------------------------
+
+_ABSENT = object()
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, Mapping) and (data or not prefix):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def _show(value: Any) -> str:
+    if value is _ABSENT:
+        return "(absent)"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def config_diff(old: Mapping[str, Any] | StudyConfig, new: Mapping[str, Any] | StudyConfig) -> list[str]:
+    """Readable lines for every leaf that differs, by dotted path.
+
+    Lists are compared whole. Accepts plain dicts (as stored with a study) or
+    :class:`StudyConfig` objects.
+
+    Example:
+        >>> config_diff({"finetune": {"steps": 200}}, {"finetune": {"steps": 300}})
+        ['finetune.steps: 200 -> 300']
+    """
+    a = _flatten(old.to_dict() if isinstance(old, StudyConfig) else old)
+    b = _flatten(new.to_dict() if isinstance(new, StudyConfig) else new)
+    keys = list(a) + [k for k in b if k not in a]
+    lines = []
+    for key in keys:
+        va, vb = a.get(key, _ABSENT), b.get(key, _ABSENT)
+        if va != vb or type(va) is not type(vb) and not _same_number(va, vb):
+            lines.append(f"{key}: {_show(va)} -> {_show(vb)}")
+    return lines
+
+
+def _same_number(a: Any, b: Any) -> bool:
+    numbers = (int, float)
+    return (isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool)
+            and not isinstance(b, bool) and a == b)
