@@ -1,0 +1,86 @@
+"""Study module: MNIST with LeNet-300-100 or LeNet-5 (Caffe variant).
+
+The data comes from the idx files in ``path`` (by default ``../shared/data/mnist``
+relative to the current directory, the project's layout). Training on 2 CPU
+cores takes about a few seconds an epoch for LeNet-300-100 and several times
+that for LeNet-5.
+
+Example:
+    >>> from studies import mnist
+    >>> d = mnist.data(path="../shared/data/mnist")  # doctest: +SKIP
+    >>> model = mnist.baseline(data=d, cache_dir=".cache/baselines", arch="lenet5")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from compresstune.data import Splits, load_mnist
+from compresstune.models import LeNet5, LeNet300
+from compresstune.train import fit_cached
+
+__all__ = ["ARCHS", "baseline", "data"]
+
+ARCHS: dict[str, type[nn.Module]] = {"lenet300": LeNet300, "lenet5": LeNet5}
+
+
+def data(*, path: str | Path = "../shared/data/mnist", val_size: int = 5000, seed: int = 0) -> Splits:
+    """The MNIST splits; see :func:`compresstune.data.load_mnist`.
+
+    Example:
+        >>> len(data(path="../shared/data/mnist").test)  # doctest: +SKIP
+        10000
+    """
+    return load_mnist(path, val_size=val_size, seed=seed)
+
+
+def baseline(
+    *,
+    data: Splits,
+    cache_dir: str | Path,
+    arch: str = "lenet300",
+    epochs: int = 10,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    log: Callable[[str], Any] | None = None,
+) -> nn.Module:
+    """A trained LeNet, cached in ``cache_dir``.
+
+    Args:
+        data: the splits from :func:`data`.
+        cache_dir: folder for the cached weights.
+        arch: ``"lenet300"`` (LeNet-300-100) or ``"lenet5"``.
+        epochs: training epochs (Adam).
+        lr: Adam learning rate.
+        batch_size: rows per step.
+        weight_decay: L2 penalty.
+        seed: seeds initialisation and shuffling.
+        log: receives progress lines, and whether the cache was used.
+
+    Returns:
+        The model in eval mode.
+
+    Example:
+        >>> m = baseline(data=data(), cache_dir=".cache/baselines", arch="lenet5")  # doctest: +SKIP
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"`arch` must be one of {sorted(ARCHS)}; got {arch!r}.")
+    if not isinstance(data, Splits) or data.train.x.shape[1:] != (1, 28, 28):
+        raise ValueError(f"`data` must be the MNIST Splits from studies.mnist.data(); got {_describe(data)}.")
+    model, _ = fit_cached(
+        lambda: ARCHS[arch](num_classes=data.num_classes), data, cache_dir=cache_dir,
+        name=f"mnist-{arch}", model_settings={"arch": arch, "num_classes": data.num_classes},
+        log=log, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+    )
+    return model
+
+
+def _describe(data: Any) -> str:
+    if isinstance(data, Splits):
+        return f"{data.name!r} splits with x of shape {tuple(data.train.x.shape)}"
+    return type(data).__name__
