@@ -18,6 +18,17 @@ from compresstune.plan import ALLOWED_BITS, CompressionPlan, LayerPlan
 
 __version__ = "0.1.0"
 
+_SUBPACKAGES = ("config", "objectives", "search", "spaces")
+
+
+def __getattr__(name: str):
+    # `ct.search.run(...)` without importing optuna/pandas on `import compresstune`.
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"compresstune.{name}")
+    raise AttributeError(f"module 'compresstune' has no attribute {name!r}")
+
 __all__ = [
     "ALLOWED_BITS",
     "ArtifactError",

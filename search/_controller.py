@@ -247,9 +247,9 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(config: StudyConfig, *, new_study: bool = False, progress: bool = True, study_file: str | None = None,
-        log: Callable[[str], None] | None = None):
-    """Run (or resume) the study described by ``config``.
+def run(config: StudyConfig | str | os.PathLike, *, new_study: bool = False, progress: bool = True,
+        study_file: str | None = None, log: Callable[[str], None] | None = None):
+    """Run (or resume) the study described by ``config`` (a StudyConfig or a study YAML path).
 
     Returns:
         ``(study, front)``: the Optuna study and its feasible Pareto front as a DataFrame.
@@ -259,6 +259,11 @@ def run(config: StudyConfig, *, new_study: bool = False, progress: bool = True, 
         >>> study, front = run(load_config("studies/digits.yaml"))  # doctest: +SKIP
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    if not isinstance(config, StudyConfig):
+        from compresstune.config import load_config
+
+        study_file = study_file or str(Path(config).resolve())
+        config = load_config(config)
     out = Path(config.search.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out), sigterm_as_interrupt():
