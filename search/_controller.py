@@ -109,6 +109,7 @@ def _study_attrs(config: StudyConfig, base: dict, space: Space, settings: TrialS
         "max_accuracy_drop": drop,
         "constraint_names": constraint_names(settings),
         "layers": list(space.layers),
+        "layer_shapes": {n: [space.discovery.layers[n].rows, space.discovery.layers[n].cols] for n in space.layers},
         "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, {platform.system()})",
         "versions": _versions(),
@@ -193,7 +194,13 @@ def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Cal
         settings = _settings(config, study.user_attrs["baseline"]["val_accuracy"], ref)
     soft = teacher_logits(model, splits.train, batch_size=config.finetune.eval_batch_size)
     context = TrialContext(model=model, splits=splits, soft_targets=soft, settings=settings)
-    return Session(config=config, out=out, study=study, space=space, context=context, driver=driver, log=log)
+    session = Session(config=config, out=out, study=study, space=space, context=context, driver=driver, log=log)
+    # Search-efficiency hook (search/_sensitivity.py): sensitivity scan, stored narrowing
+    # (may replace session.space), seed trials for a new study.
+    from compresstune.search._sensitivity import before_search
+
+    before_search(session)
+    return session
 
 
 # -- recording -------------------------------------------------------------------------------

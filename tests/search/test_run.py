@@ -265,7 +265,7 @@ def test_interrupt_then_resume_finishes_exactly_the_requested_count(tmp_path: Pa
 
 
 def test_a_second_driver_on_the_same_folder_is_refused(tmp_path: Path) -> None:
-    study_file = write_study(tmp_path, trials=3, steps=60)
+    study_file = write_study(tmp_path, trials=200, steps=60)  # far more than it will run before the kill
     out = tmp_path / "out"
     proc = subprocess.Popen([PYTHON, "-m", "compresstune.cli", "run", str(study_file), "--no-progress"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

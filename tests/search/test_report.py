@@ -1,0 +1,303 @@
+"""The report's data (trials frame, ReportData) and the files write_report produces."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+
+from compresstune.search import report as report_mod
+from compresstune.search.pareto import hypervolume_series, reference_point
+from compresstune.search.report import ReportData, report_data, trials_frame, write_report
+
+
+# ----------------------------------------------------------------- trials_frame
+
+
+def test_trials_frame_has_one_row_per_trial_and_the_documented_columns(study, kit):
+    df = trials_frame(study)
+    assert df["number"].tolist() == list(range(len(study.trials)))
+    for col in ("number", "state", "values_val_accuracy", "values_size_bytes", "size_bytes", "ratio",
+                "val_accuracy", "test_accuracy", "feasible", "violated", "rejected", "stopped_at_rung", "seed_trial",
+                "fail_reason", "total_s", "datetime_start", "datetime_complete", "pareto", "plan"):  # fmt: skip
+        assert col in df.columns, col
+    params = [c for c in df.columns if c.startswith("params_")]
+    assert set(params) == {f"params_{k}" for k in kit.params_for(0)}
+
+
+def test_trials_frame_flags(study, kit):
+    df = trials_frame(study).set_index("number")
+    assert set(df.index[df["pareto"]]) == kit.FRONT_NUMBERS
+    assert df.loc[5, "state"] == "FAIL" and "out of memory" in df.loc[5, "fail_reason"]
+    assert df.loc[6, "rejected"] == "budget" and df.loc[6, "violated"] == "accuracy_drop,max_size_bytes"
+    assert not df.loc[4, "feasible"] and df.loc[4, "violated"] == "accuracy_drop"
+    assert df.loc[8, "stopped_at_rung"] == 1 and df.loc[8, "violated"] == "stopped" and not df.loc[8, "pareto"]
+    assert df.loc[9, "feasible"] and df.loc[9, "pareto"]  # Optuna 5 named constraints, read as well
+    assert df.loc[0, "seed_trial"] and not df.loc[1, "seed_trial"]
+    assert df.loc[11, "state"] == "PRUNED"
+    assert df.loc[2, "ratio"] == pytest.approx(10.0)
+    assert df.loc[2, "total_s"] == pytest.approx(13.5)
+    expected = {0: "front", 3: "dominated", 4: "infeasible", 5: "failed", 6: "rejected", 7: "infeasible",
+                8: "stopped", 11: "pruned"}  # fmt: skip
+    assert {k: df.loc[k, "category"] for k in expected} == expected
+
+
+def test_csv_round_trip_recovers_plans_and_hypervolume(study, tmp_path):
+    df = trials_frame(study)
+    path = tmp_path / "trials.csv"
+    df.to_csv(path, index=False)
+    back = pd.read_csv(path)
+    assert back["number"].tolist() == df["number"].tolist()
+    for original, read in zip(df["plan"], back["plan"]):
+        if pd.isna(original):
+            assert pd.isna(read)
+        else:
+            assert json.loads(read) == json.loads(original)
+            assert read == original
+    ref = reference_point(study)
+    for by in ("number", "time"):
+        a = hypervolume_series(df, ref, by=by)
+        b = hypervolume_series(back, ref, by=by)
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_trials_frame_of_an_empty_study():
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    df = trials_frame(study)
+    assert df.empty and "pareto" in df.columns
+
+
+# ----------------------------------------------------------------- report_data
+
+
+def test_report_data_front_sorted_by_size(main_data, kit):
+    data = main_data
+    assert isinstance(data, ReportData)
+    assert set(data.front["number"]) == kit.FRONT_NUMBERS
+    assert data.front["size_bytes"].is_monotonic_increasing
+    assert data.hypervolume == pytest.approx(kit.MAIN_HYPERVOLUME)
+    assert data.front_2d["number"].tolist() == data.front["number"].tolist()
+    assert data.hypervolume_front["number"].tolist()[0] == 2  # smallest point above the reference
+
+
+def test_heatmaps_shape_order_and_values(main_data, kit):
+    data = main_data
+    assert data.layers == kit.LAYERS
+    for knob in ("sparsity", "bits", "rank_fraction"):
+        matrix = data.heatmaps[knob]
+        assert matrix.shape == (len(data.front), len(kit.LAYERS))
+        assert list(matrix.columns) == kit.LAYERS
+        assert list(matrix.index) == data.front["number"].tolist()
+    params = kit.params_for(2)
+    assert data.heatmaps["sparsity"].loc[2, "fc2"] == pytest.approx(params["fc2:sparsity"])
+    assert data.heatmaps["bits"].loc[2, "features.3"] == params["features.3:bits"]
+    assert data.heatmaps["rank_fraction"].loc[2, "fc1"] == pytest.approx(params["fc1:rank_fraction"])
+    # A layer without a rank and without a rank_fraction param is "no factorisation": 1.0.
+    assert data.heatmaps["rank_fraction"].loc[2, "fc2"] == 1.0
+
+
+def test_layers_follow_the_study_attr_then_plan_only_layers(study, kit, monkeypatch):
+    monkeypatch.setattr(report_mod, "_importances", lambda *a: ({}, "skipped"))
+    study.set_user_attr("layers", ["fc2", "fc1"])
+    data = report_data(study)
+    assert data.layers[:2] == ["fc2", "fc1"]
+    assert set(data.layers) == set(kit.LAYERS)
+
+
+def test_report_data_counts_reference_baseline_and_exports(main_data, kit):
+    data = main_data
+    assert data.counts == {
+        "trials": 12, "complete": 10, "front": 4, "dominated": 2, "infeasible": 2, "rejected": 1,
+        "stopped": 1, "failed": 1, "pruned": 1, "running": 0,
+    }  # fmt: skip
+    assert data.reference_point["val_accuracy"] == pytest.approx(0.87)
+    assert data.reference_point["size_bytes"] == kit.REFERENCE_BYTES
+    assert data.baseline["val_accuracy"] == pytest.approx(0.92)
+    assert data.export_commands[9] == "compresstune export 'runs/my study' --trial 9 --output trial_9.ctz"
+    assert set(data.export_commands) == kit.FRONT_NUMBERS
+    assert len(data.uniform_reference) == 2 and data.uniform_reference["ratio"].iloc[0] == pytest.approx(6.25)
+    assert data.versions["optuna"] == optuna.__version__ and data.machine == "test-box (2 cores)"
+    assert data.settings["fingerprint"] == "abc123"
+    assert data.distillation[2] == {"temperature": 3.0, "alpha": 0.5}
+    assert data.timing["wall_s"] == pytest.approx(235.0)
+    assert data.timing["trial_mean_s"] > 0
+
+
+def test_export_dir_defaults(study, tmp_path, monkeypatch):
+    monkeypatch.setattr(report_mod, "_importances", lambda *a: ({}, "skipped"))
+    # report_data: the folder of the sqlite storage; write_report: the folder written into.
+    data = report_data(study)
+    assert data.export_commands[0] == f"compresstune export {tmp_path} --trial 0 --output trial_0.ctz"
+    page = write_report(study, tmp_path / "out dir").read_text(encoding="utf-8")
+    assert f"compresstune export &#x27;{tmp_path}/out dir&#x27; --trial 0" in page
+
+
+def test_hypervolume_series_in_report_data(main_data, kit):
+    data = main_data
+    assert len(data.hypervolume_by_trial) == 12
+    assert data.hypervolume_by_trial["hypervolume"].iloc[-1] == pytest.approx(kit.MAIN_HYPERVOLUME)
+    assert data.hypervolume_by_time["elapsed_s"].is_monotonic_increasing
+
+
+def test_importances_per_objective(main_data):
+    data = main_data
+    assert data.importance_note is None
+    assert set(data.importances) == {"val_accuracy", "size_bytes"}
+    for scores in data.importances.values():
+        assert sum(scores.values()) == pytest.approx(1.0)
+        assert all(type(v) is float for v in scores.values())
+
+
+def test_importances_skipped_on_tiny_studies(kit):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("reference_point", {"val_accuracy": 0.8, "log2_ratio": 0.0})
+    study.add_trial(kit.complete_trial(0, 0.9, 1000, constraints=[-1.0]))
+    data = report_data(study)
+    assert data.importances == {}
+    assert "at least 2" in data.importance_note
+
+
+def test_importance_failure_never_crashes_the_report(study, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("fANOVA exploded")
+
+    monkeypatch.setattr(optuna.importance, "get_param_importances", boom)
+    data = report_data(study)
+    assert data.importances == {}
+    assert "fANOVA exploded" in data.importance_note
+
+
+def test_report_data_three_objectives(study3, kit):
+    data = report_data(study3)
+    assert data.metric_names == ["val_accuracy", "size_bytes", "latency_ms"]
+    assert sorted(data.front["number"]) == sorted(t.number for t in study3.best_trials)
+    assert set(data.front_2d["number"]) == kit.FRONT_NUMBERS
+    assert "latency_ms" in data.importances
+
+
+def test_report_data_without_reference_point_or_baseline(kit):
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for k in range(3):
+        study.add_trial(kit.complete_trial(k, 0.9 - k / 100, 1000 - 100 * k))
+    data = report_data(study)
+    assert data.reference_point is None and data.baseline is None and math.isnan(data.hypervolume)
+    assert data.hypervolume_by_trial.empty
+    assert data.uniform_reference.empty
+
+
+# ---------------------------------------------------------------- write_report
+
+
+def decode(array) -> list:
+    """Plotly >= 6 writes numpy arrays as base64 typed arrays ({"dtype", "bdata"})."""
+    if isinstance(array, dict) and "bdata" in array:
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"])).tolist()
+    return list(array)
+
+
+def plotly_traces(page: str) -> list[dict]:
+    """The trace dicts of every figure, from the Plotly.newPlot calls."""
+    traces = []
+    for match in re.finditer(r'Plotly\.newPlot\(\s*"[^"]+",\s*(\[.*?\]),\s*\{', page, flags=re.S):
+        traces += json.loads(match.group(1))
+    return traces
+
+
+def test_write_report_files_and_html(main_report, kit):
+    out, path = main_report.parent, main_report
+    assert path.name == "report.html"
+    page = path.read_text(encoding="utf-8")
+    # plotly.js embedded exactly once, nothing fetched from the network.
+    assert page.count("* plotly.js v") == 1
+    assert "cdn.plot.ly" not in page.replace(_plotly_bundle(), "")
+    assert not re.search(r"<script[^>]+src=", page)
+    traces = {t.get("uid"): t for t in plotly_traces(page)}
+    assert {"pareto-front", "dominated", "infeasible", "rejected", "stopped", "uniform", "baseline",
+            "hv-reference", "hv-region", "hv-by-trial", "hv-by-time", "heatmap-sparsity", "heatmap-bits",
+            "heatmap-rank_fraction", "importance-val_accuracy"} <= set(traces)  # fmt: skip
+    assert decode(traces["pareto-front"]["x"]) == [100_000, 200_000, 200_000, 500_000]
+    assert len(decode(traces["pareto-front"]["y"])) == len(kit.FRONT_NUMBERS)
+    assert traces["pareto-front"]["line"]["shape"] == "hv"
+    assert "compresstune export" in page and 'id="pareto-table"' in page
+    assert "reference point" in page
+    assert "#5" in page and "RuntimeError: CUDA out of memory" in page  # failures are listed
+    pareto = pd.read_csv(out / "pareto.csv")
+    assert pareto["number"].tolist() == [2, 1, 9, 0]
+    assert len(pd.read_csv(out / "trials.csv")) == 12
+
+
+def _plotly_bundle() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def test_write_report_three_objectives(study3, tmp_path, monkeypatch):
+    monkeypatch.setattr(report_mod, "_importances", lambda *a: ({}, "skipped"))
+    page = write_report(study3, tmp_path / "r").read_text(encoding="utf-8")
+    uids = {t.get("uid") for t in plotly_traces(page)}
+    assert {"pareto-front", "pareto-front-3d", "pareto-front-2d", "proj1-front", "proj3-front"} <= uids
+    assert "Latency (ms)" in page
+
+
+def test_write_report_on_degenerate_studies(tmp_path, kit):
+    empty = optuna.create_study(directions=["maximize", "minimize"])
+    assert write_report(empty, tmp_path / "empty").exists()
+    failed = optuna.create_study(directions=["maximize", "minimize"])
+    for key, value in kit.study_attrs().items():
+        failed.set_user_attr(key, value)
+    failed.add_trial(kit.failed_trial(0))
+    page = write_report(failed, tmp_path / "failed").read_text(encoding="utf-8")
+    assert "1 failed" in page and "No Pareto trials yet" in page
+
+
+def test_write_report_rejects_a_file_as_out_dir(study, tmp_path):
+    target = tmp_path / "file.txt"
+    target.write_text("x")
+    with pytest.raises(ValueError, match="`out_dir` must be a directory; got .*file.txt"):
+        write_report(study, target)
+
+
+def test_plan_hover_is_compact(kit):
+    lines = report_mod._plan_lines(kit.plan_for(kit.params_for(2)), kit.LAYERS)
+    assert lines[2] == "fc1 s0.05 b32 r16"
+    assert lines[3].startswith("fc2 s0.20 b2 r—")
+    assert lines[1].startswith("features.3 s0.85ch")
+    assert lines[-1] == "KD T=3 α=0.5"
+
+
+def test_size_ticks_are_readable():
+    ticks = report_mod._size_ticks(20_000, 1_000_000)
+    assert "1 MB" in ticks["ticktext"] and "50 kB" in ticks["ticktext"]
+    assert report_mod._size_ticks(np.nan, 10) == {}
+
+
+def test_hostile_trials_never_crash_the_report(kit, tmp_path, monkeypatch):
+    monkeypatch.setattr(report_mod, "_importances", lambda *a: ({}, "skipped"))
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    for key, value in kit.study_attrs().items():
+        study.set_user_attr(key, value)
+    study.add_trial(kit.complete_trial(0, 0.90, 200_000, constraints=[-1.0], plan="not json"))
+    study.add_trial(kit.complete_trial(1, 0.91, 300_000, constraints=[-1.0], plan=None))
+    extra_layer = json.dumps({"schema_version": 1, "layers": {"head": {"sparsity": 0.5, "bits": 4, "rank": 3}}})
+    study.add_trial(kit.complete_trial(2, 0.89, 100_000, constraints=[-1.0], plan=extra_layer))
+    study.add_trial(kit.complete_trial(3, float("inf"), 400_000, constraints=[-1.0], test_accuracy=float("nan")))
+    study.add_trial(kit.complete_trial(4, 0.95, 50_000, constraints=[float("inf")]))
+    data = report_data(study)
+    assert data.layers == [*kit.LAYERS, "head"]
+    assert data.heatmaps["bits"].shape == (len(data.front), len(kit.LAYERS) + 1)
+    row = data.heatmaps["rank_fraction"].loc[2]
+    assert row["head"] != row["head"]  # a rank without a rank_fraction param is unknown: NaN
+    assert data.heatmaps["sparsity"].loc[0].isna().all()
+    assert 4 not in set(data.front["number"])
+    page = report_mod.render_html(data)
+    assert "pareto-front" in page
+    trials = trials_frame(study)
+    trials.to_csv(tmp_path / "t.csv", index=False)
+    assert len(pd.read_csv(tmp_path / "t.csv")) == 5
