@@ -122,17 +122,22 @@ def apply(model: nn.Module, plan: CompressionPlan, *, inplace: bool = False) -> 
         >>> int((small.weight == 0).sum())
         64
     """
-    found = discover(model)
+    # Tracing the graph (tens of ms) is only needed to place structured pruning.
+    structured = isinstance(plan, CompressionPlan) and any(lp.structured and lp.sparsity > 0
+                                                           for lp in plan.layers.values())
+    found = discover(model, trace=structured)
     resolved = resolve_plan(plan, found)
     out = model if inplace else copy.deepcopy(model)
-    modules = dict(out.named_modules())
+    modules = dict(out.named_modules(remove_duplicate=False))  # a module used twice is reachable by both names
     with torch.no_grad():
         for name, lp in resolved.items():
             if lp.structured and lp.sparsity > 0:
                 _shrink_channels(found.layers[name], lp.sparsity, modules)
         for name, lp in resolved.items():
             _register(found, name, lp, modules)
-    canonical = CompressionPlan(resolved, temperature=plan.temperature, alpha=plan.alpha)
+    # Identity entries change nothing, so they are dropped: such a model packs exactly like the plain one.
+    active = {name: lp for name, lp in resolved.items() if not lp.is_identity}
+    canonical = CompressionPlan(active, temperature=plan.temperature, alpha=plan.alpha)
     setattr(out, PLAN_ATTR, canonical)
     return out
 
@@ -151,9 +156,13 @@ def _register(found: Discovery, name: str, lp: LayerPlan, modules: dict) -> None
     module = modules[info.module_name]
     weight = getattr(module, info.param_name)
     param = CompressedWeight(tuple(weight.shape), sparsity=sparsity, bits=lp.bits, rank=lp.rank)
-    parametrize.register_parametrization(module, info.param_name, param)
+    # unsafe=True only skips torch's shape/dtype self-check, which evaluates every weight once more;
+    # CompressedWeight keeps shape and dtype by construction.
+    parametrize.register_parametrization(module, info.param_name, param, unsafe=True)
     for alias in info.aliases:
         alias_module, alias_param = found.slots[alias]
+        if modules[alias_module] is module and alias_param == info.param_name:
+            continue  # the same module under two names: already compressed
         _tie(modules[alias_module], alias_param, module, info.param_name)
 
 
@@ -200,7 +209,10 @@ def _shrink_channels(info: LayerInfo, sparsity: float, modules: dict) -> None:
                 f"not a multiple of the {old} channels; set `structured` False for this layer."
             )
         repeat = in_dim // old
-        index = (keep[:, None] * repeat + torch.arange(repeat)).flatten()
+        if isinstance(producer, nn.Linear):  # channels last: a flatten interleaves them (t * old + c)
+            index = (torch.arange(repeat)[:, None] * old + keep[None, :]).flatten()
+        else:  # channels at dim 1: each one is a contiguous run of `repeat` inputs after a flatten
+            index = (keep[:, None] * repeat + torch.arange(repeat)).flatten()
         _take(module, "weight", 1, index)
         _set_features(module, inp=len(index))
 
@@ -242,9 +254,10 @@ def squash(model: nn.Module) -> nn.Module:
     Low-rank Linear/Conv/Embedding layers become two layers (Conv: a k x k conv
     to ``rank`` channels then a 1 x 1 conv); weights are dequantized and
     masked; structured pruning is already physical. Factored weights that are
-    tied or live inside ``nn.MultiheadAttention`` (which reads its weights
-    directly) are materialised as one matrix. The result needs no compresstune
-    to load or run, and works with ``torch.export``.
+    tied, or live inside ``nn.MultiheadAttention`` or a Transformer layer (which
+    read their weights directly), are materialised as one matrix; a model that
+    is itself one factored layer comes back as an ``nn.Sequential`` of two. The
+    result needs no compresstune to load or run, and works with ``torch.export``.
 
     Example:
         >>> import torch, torch.nn as nn
@@ -255,19 +268,35 @@ def squash(model: nn.Module) -> nn.Module:
         True
     """
     out = copy.deepcopy(model)
+    for module in out.modules():
+        if parametrize.is_parametrized(module):
+            _own_class(module)
     slots = list(compressed_slots(out))
     tied = [(n, m, p, par) for n, m, p, par in slots if isinstance(par, TiedTo)]
     owners_tied = {id(par.owner) for _, _, _, par in tied}
+    names_of: dict[int, list[str]] = {}
+    parents = set()
+    for name, module in out.named_modules(remove_duplicate=False):
+        names_of.setdefault(id(module), []).append(name)
+        if isinstance(module, _READS_CHILD_WEIGHTS):
+            parents.update(id(child) for child in module.children())
     with torch.no_grad():
         for mod_name, module, param_name, par in slots:
             if isinstance(par, TiedTo):
                 continue
-            splittable = par.factored and param_name == "weight" and id(module) not in owners_tied
+            splittable = (par.factored and param_name == "weight" and id(module) not in owners_tied
+                          and id(module) not in parents)
             split = _split_factored(module, par) if splittable else None
             if split is not None:
-                _set_submodule(out, mod_name, split)
+                for name in names_of[id(module)]:  # a module used twice stays shared
+                    if name:
+                        _set_submodule(out, name, split)
+                    else:
+                        out = split  # the model is itself one factored layer
             else:
                 parametrize.remove_parametrizations(module, param_name, leave_parametrized=True)
+                if param_name in module._buffers:  # a factored weight comes back as a buffer under no_grad
+                    module.register_parameter(param_name, nn.Parameter(module._buffers.pop(param_name)))
         for _, module, param_name, par in tied:
             parametrize.remove_parametrizations(module, param_name, leave_parametrized=False)
             delattr(module, param_name)
@@ -275,6 +304,19 @@ def squash(model: nn.Module) -> nn.Module:
     if hasattr(out, PLAN_ATTR):
         delattr(out, PLAN_ATTR)
     return out
+
+
+def _own_class(module: nn.Module) -> None:
+    """Give a deep-copied parametrized module a class of its own: the copy shares the generated
+    ``Parametrized<Cls>`` class with the original, and removing a parametrization deletes the
+    weight's property from that class, which would break the original model."""
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+
+
+# Built-in modules that read their children's ``.weight`` directly (attention, and the
+# fast path of the Transformer layers) instead of calling them: a factored child stays one matrix.
+_READS_CHILD_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
 
 
 def _stored_parts(module: nn.Module, par: CompressedWeight) -> list[torch.Tensor]:
@@ -315,7 +357,5 @@ def _split_factored(module: nn.Module, par: CompressedWeight) -> nn.Module | Non
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    if not name:
-        raise PlanError("cannot squash a model that is itself a single factored layer; wrap it in nn.Sequential.")
     parent_name, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent_name), child, new)

@@ -98,14 +98,19 @@ class LayerInfo:
         """None when structured pruning is possible, else the reason."""
         return self.refused.get("structured")
 
-    def rank_for_fraction(self, fraction: float) -> int | None:
-        """Rank for a fraction of full rank, or None when factoring would not save storage."""
+    def rank_for_fraction(self, fraction: float, *, shape: tuple[int, int] | None = None) -> int | None:
+        """Rank for a fraction of full rank, or None when factoring would not save storage.
+
+        ``shape`` is the matrix shape (rows, cols) to use instead of the weight's,
+        e.g. after structured pruning.
+        """
         if not 0 < fraction <= 1:
             raise PlanError(f"`rank_fraction` must be in (0, 1]; got {fraction!r}.")
         if "lowrank" in self.refused:
             return None
-        rank = max(1, round(fraction * self.max_rank))
-        return rank if saves_storage(rank, self.rows, self.cols) else None
+        rows, cols = shape if shape is not None else (self.rows, self.cols)
+        rank = max(1, round(fraction * min(rows, cols)))
+        return rank if saves_storage(rank, rows, cols) else None
 
 
 def saves_storage(rank: int, rows: int, cols: int) -> bool:
@@ -291,14 +296,20 @@ def _skipped_modules(model: nn.Module, layers: dict, alias_of: dict) -> dict[str
 _PASS_MODULES = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Hardswish,
     nn.Hardtanh, nn.Mish, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity,
+)
+# Pooling acts on the trailing (spatial) dims: it keeps a Conv's channels (dim 1) but mixes a Linear's (last dim).
+_POOL_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
 )
 _PASS_FUNCTIONS = {
     torch.relu, torch.nn.functional.relu, torch.nn.functional.gelu, torch.nn.functional.silu,
-    torch.nn.functional.dropout, torch.sigmoid, torch.tanh, torch.nn.functional.max_pool2d,
-    torch.nn.functional.avg_pool2d, torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.max_pool1d,
+    torch.nn.functional.dropout, torch.sigmoid, torch.tanh,
     torch.nn.functional.leaky_relu, torch.nn.functional.relu6, torch.nn.functional.hardswish,
+}
+_POOL_FUNCTIONS = {
+    torch.nn.functional.max_pool2d, torch.nn.functional.avg_pool2d, torch.nn.functional.adaptive_avg_pool2d,
+    torch.nn.functional.max_pool1d,
 }
 _PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous"}
 _FLATTEN_METHODS = {"flatten", "view", "reshape"}
@@ -341,6 +352,9 @@ def _analyse_structured(model: nn.Module, layers: dict, alias_of: dict) -> None:
             if len(nodes) > 1:
                 raise _NotPrunable(f"the module is called {len(nodes)} times (structured pruning needs exactly 1 call)")
             consumers = _find_consumers(nodes[0], modules, tied_modules)
+            for consumer in consumers:
+                if len(calls.get(consumer.module_name, [])) > 1:
+                    raise _NotPrunable(f"its channels feed {consumer.module_name!r}, which is called more than once")
             layers[name] = _replace(info, consumers=tuple(consumers))
         except _NotPrunable as exc:
             layers[name] = _replace(info, refused={**info.refused, "structured": str(exc)})
@@ -356,6 +370,7 @@ def _opaque_reason(module_name: str, calls: dict, modules: dict) -> str:
 
 
 def _find_consumers(start, modules: dict, tied_modules: set) -> list[Consumer]:
+    channels_last = isinstance(modules[start.target], nn.Linear)  # a Conv's channels are dim 1
     consumers: list[Consumer] = []
     frontier = [(user, False) for user in start.users]
     seen = set()
@@ -364,7 +379,9 @@ def _find_consumers(start, modules: dict, tied_modules: set) -> list[Consumer]:
         if node in seen:
             continue
         seen.add(node)
-        step = _classify(node, modules, flattened, tied_modules)
+        step = _classify(node, modules, flattened, tied_modules, channels_last)
+        if step == "stop":
+            continue
         if isinstance(step, Consumer):
             consumers.append(step)
             if step.kind == "batchnorm":
@@ -376,8 +393,9 @@ def _find_consumers(start, modules: dict, tied_modules: set) -> list[Consumer]:
     return consumers
 
 
-def _classify(node, modules: dict, flattened: bool, tied_modules: set):
-    """A Consumer for a layer that takes the channels, "pass"/"flatten" to keep walking."""
+def _classify(node, modules: dict, flattened: bool, tied_modules: set, channels_last: bool = False):
+    """A Consumer for a layer that takes the channels, "pass"/"flatten" to keep walking, "stop"
+    for a node that only reads the batch size."""
     if node.op == "call_module":
         mod = modules[node.target]
         if node.target in tied_modules:
@@ -385,19 +403,25 @@ def _classify(node, modules: dict, flattened: bool, tied_modules: set):
         if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)) and not flattened:
             return Consumer(node.target, "batchnorm")
         if isinstance(mod, nn.Linear):
+            if not (flattened or channels_last):
+                raise _NotPrunable(f"its channels (dim 1) feed Linear {node.target!r}, which acts on the last dim")
             return Consumer(node.target, "linear")
         if type(mod) in (nn.Conv1d, nn.Conv2d) and not flattened:
+            if channels_last:
+                raise _NotPrunable(f"its channels (last dim) feed Conv {node.target!r}, which acts on dim 1")
             if mod.groups > 1:
                 raise _NotPrunable(f"its channels feed the grouped convolution {node.target!r} (groups={mod.groups})")
             return Consumer(node.target, "conv")
-        if isinstance(mod, _PASS_MODULES):
+        if isinstance(mod, _PASS_MODULES) or (isinstance(mod, _POOL_MODULES) and not (flattened or channels_last)):
             return "pass"
         if isinstance(mod, nn.Flatten) and mod.start_dim == 1:
             return "flatten"
         raise _NotPrunable(f"its channels feed {node.target!r} ({type(mod).__name__})")
     if node.op == "call_function":
-        if node.target in _PASS_FUNCTIONS:
+        if node.target in _PASS_FUNCTIONS or (node.target in _POOL_FUNCTIONS and not (flattened or channels_last)):
             return "pass"
+        if _reads_batch_size(node):
+            return "stop"
         if node.target is torch.flatten and _flatten_from_one(node):
             return "flatten"
         what = {operator.add: "a residual sum (add)", torch.add: "a residual sum (add)", torch.cat: "a concat"}
@@ -405,12 +429,25 @@ def _classify(node, modules: dict, flattened: bool, tied_modules: set):
     if node.op == "call_method":
         if node.target in _PASS_METHODS:
             return "pass"
+        if _reads_batch_size(node):
+            return "stop"
         if node.target in _FLATTEN_METHODS and _flatten_from_one(node):
             return "flatten"
         raise _NotPrunable(f"its channels feed the tensor method {node.target!r}")
     if node.op == "output":
         raise _NotPrunable("its channels are the model output")
     raise _NotPrunable(f"its channels feed a {node.op} node")
+
+
+def _reads_batch_size(node) -> bool:
+    """x.size(0) or x.shape[0]: reads only the batch dim, which pruning leaves alone."""
+    if node.op == "call_method" and node.target == "size":
+        return list(node.args[1:]) == [0] or node.kwargs == {"dim": 0}
+    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
+        return bool(node.users) and all(
+            u.op == "call_function" and u.target is operator.getitem and u.args[1] == 0 for u in node.users
+        )
+    return False
 
 
 def _flatten_from_one(node) -> bool:

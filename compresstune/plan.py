@@ -7,6 +7,7 @@ validated when built, and round-trip through JSON with a schema version.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -71,6 +72,8 @@ class LayerPlan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, where: str = "layer") -> "LayerPlan":
+        if not isinstance(data, Mapping):
+            raise PlanError(f"{where} must be a mapping with fields sparsity, bits, rank, structured; got {data!r}.")
         unknown = set(data) - {"sparsity", "bits", "rank", "structured"}
         if unknown:
             raise PlanError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: sparsity, bits, rank, structured.")
@@ -104,8 +107,8 @@ class CompressionPlan:
         if not isinstance(self.layers, Mapping):
             raise PlanError(f"`layers` must be a mapping of layer name -> LayerPlan; got {type(self.layers).__name__}.")
         for name, lp in self.layers.items():
-            if not isinstance(name, str) or not name:
-                raise PlanError(f"layer names must be non-empty strings; got {name!r}.")
+            if not isinstance(name, str):  # "" is valid: the root module (e.g. a bare nn.Linear)
+                raise PlanError(f"layer names must be strings (module FQNs); got {name!r}.")
             if not isinstance(lp, LayerPlan):
                 raise PlanError(f"`layers[{name!r}]` must be a LayerPlan; got {type(lp).__name__}.")
         _check_number("temperature", self.temperature, "a number > 0", lambda v: v > 0)
@@ -156,17 +159,23 @@ class CompressionPlan:
             >>> plan.layers[""].bits
             4
         """
+        from compresstune.compress import effective_shapes
         from compresstune.layers import discover
 
-        found = discover(model)
+        found = discover(model, trace=bool(structured))  # the graph only matters for structured pruning
         names = list(found.layers) if layers is None else list(layers)
         found.check_names(names)
+        names = list(dict.fromkeys(found.canonical(n) for n in names))  # a tied weight gets one plan
         per_layer = {}
         for name in names:
-            info = found.layers[name]
-            rank = info.rank_for_fraction(rank_fraction) if rank_fraction is not None else None
-            use_structured = structured and info.structured_ok is None
-            per_layer[name] = LayerPlan(sparsity=sparsity, bits=bits, rank=rank, structured=use_structured)
+            use_structured = structured and found.layers[name].structured_ok is None
+            per_layer[name] = LayerPlan(sparsity=sparsity, bits=bits, structured=use_structured)
+        if rank_fraction is not None:
+            # Ranks are fractions of the shapes left after structured pruning, which shrinks consumers too.
+            shapes = effective_shapes(found, per_layer)
+            for name in names:
+                rank = found.layers[name].rank_for_fraction(rank_fraction, shape=shapes[name])
+                per_layer[name] = dataclasses.replace(per_layer[name], rank=rank)
         return cls(per_layer, temperature=temperature, alpha=alpha)
 
     # -- serialisation -----------------------------------------------------

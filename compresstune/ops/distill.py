@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from compresstune.errors import PlanError
+
 __all__ = ["kd_loss"]
 
 
@@ -19,6 +21,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
         >>> round(kd_loss(s, t, y, temperature=4.0, alpha=1.0).item(), 6)
         0.0
     """
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise PlanError(f"`temperature` must be a number > 0; got {temperature!r}.")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise PlanError(f"`alpha` must be a number in [0, 1]; got {alpha!r}.")
     ce = F.cross_entropy(student_logits, targets)
     if alpha == 0:
         return ce

@@ -18,9 +18,14 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     n_zero = int(round(sparsity * weight.numel()))
     mask = torch.ones(weight.numel(), dtype=weight.dtype, device=weight.device)
     if n_zero > 0:
-        # argsort is stable, so ties are broken by position and the count is exact.
-        order = torch.argsort(weight.detach().abs().flatten(), stable=True)
-        mask[order[:n_zero]] = 0
+        # Everything below the n_zero-th smallest magnitude, then ties at it by position, so the
+        # count is exact; same result as a stable argsort, several times faster (kthvalue is O(n)).
+        magnitude = weight.detach().abs().flatten()
+        threshold = magnitude.kthvalue(n_zero).values
+        below = magnitude < threshold
+        ties = torch.nonzero(magnitude == threshold).flatten()[: n_zero - int(below.sum())]
+        mask[below] = 0
+        mask[ties] = 0
     return mask.reshape(weight.shape)
 
 
@@ -28,8 +33,8 @@ def channels_to_keep(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Indices (sorted) of the output channels with the largest L2 norm; at least one is kept.
 
     Example:
-        >>> channels_to_keep(torch.tensor([[1.0, 1.0], [5.0, 0.0], [0.1, 0.1]]), 0.5).tolist()
-        [0, 1]
+        >>> channels_to_keep(torch.tensor([[1.0, 1.0], [5.0, 0.0], [0.1, 0.1], [0.0, 3.0]]), 0.5).tolist()
+        [1, 3]
     """
     rows = weight.shape[0]
     keep = max(1, rows - int(round(sparsity * rows)))

@@ -25,7 +25,7 @@ def quantize_codes(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch
     Example:
         >>> codes, scales = quantize_codes(torch.tensor([[1.0, -0.5], [0.0, 2.0]]), 2)
         >>> codes.tolist()
-        [[1, -0], [0, 1]]
+        [[1, 0], [0, 1]]
     """
     rows = weight.detach().reshape(weight.shape[0], -1).float()
     scales = _scales(rows, bits)
