@@ -286,6 +286,10 @@ def run(config: StudyConfig | str | os.PathLike, *, new_study: bool = False, pro
 
 def _execute(session: Session, progress: bool) -> None:
     if session.config.search.workers or session.config.search.address:
+        if not session.config.search.address:
+            # A local cluster of one node: keep Ray on loopback (by default Ray binds the
+            # host's interface address). Must be set before ray is first imported.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         from compresstune.search._ray import run_ray
 
         run_ray(session, progress=progress)
