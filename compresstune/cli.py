@@ -1,4 +1,4 @@
-"""The ``compresstune`` command: run | report | export | status.
+"""The ``compresstune`` command: run | report | export | status | sensitivity.
 
 Failures exit non-zero with a one-line reason (``compresstune: error: ...``).
 """
@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--sampler", choices=["tpe", "nsga2", "gp", "random"])
     run.add_argument("--seed", type=int)
     run.add_argument("--workers", type=int, help="run trials on a local Ray cluster with N workers")
-    run.add_argument("--address", help="run trials on an existing Ray cluster: auto or ray://HOST:PORT")
+    run.add_argument("--address", help="run trials on an existing Ray cluster: auto or HOST:PORT (use `ray job submit` for remote clusters)")
     run.add_argument("--new-study", action="store_true", help="start a new study if the config changed")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
 
     st = sub.add_parser("status", help="progress and the current front")
     st.add_argument("dir")
+
+    sen = sub.add_parser("sensitivity", help="per-layer accuracy drop without fine-tuning (cached in OUT/sensitivity.json)")
+    sen.add_argument("study", help="study YAML file, e.g. studies/digits.yaml")
+    sen.add_argument("--out", help="output folder (default: the study's search.out)")
+    sen.add_argument("--force", action="store_true", help="scan again even when the cached scan matches")
     return p
 
 
@@ -49,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return {"run": _run, "report": _report, "export": _export, "status": _status}[args.command](args)
+        return {"run": _run, "report": _report, "export": _export, "status": _status,
+                "sensitivity": _sensitivity}[args.command](args)
     except KeyboardInterrupt:
         print("compresstune: interrupted; nothing is left RUNNING. Run the same command again to resume.",
               file=sys.stderr)
@@ -99,6 +105,18 @@ def _status(args) -> int:
     from compresstune.search import load_study, status_text
 
     print(status_text(load_study(args.dir), Path(args.dir)))
+    return 0
+
+
+def _sensitivity(args) -> int:
+    from compresstune.config import ensure_import_paths, load_config
+    from compresstune.search._sensitivity import format_table, scan_study
+
+    ensure_import_paths(args.study)
+    config = load_config(args.study, **({"out": args.out} if args.out else {}))
+    table, path, cached = scan_study(config, force=args.force, log=lambda m: print(m, file=sys.stderr))
+    print(format_table(table))
+    print(f"\nsensitivity: {path}{' (cached)' if cached else ''}")
     return 0
 
 

@@ -26,6 +26,8 @@ objectives, the recovery fine-tune and the search settings::
     finetune: {steps: 200, batch_size: 64, lr: 0.001, optimizer: adam}
     constraints: {max_accuracy_drop: 0.02}
     search: {sampler: tpe, trials: 40, seed: 0}
+    sensitivity: {enabled: true, seed_ratios: [4, 8, 16, 32, 64]}
+    early_stopping: {enabled: false, margin_se: 2.0, rung_slack: 0.1, grace: 0.5}
 
 Knobs. ``sparsity``, ``temperature`` and ``alpha`` take a range
 ``{low, high, step, log}`` or a plain number (fixed: no parameter is searched).
@@ -40,6 +42,13 @@ only the knobs it names; among overrides of the same priority the later one in
 the list wins. A group (``groups``) gives every layer its pattern matches ONE
 set of parameters named after the group; knobs set on the group itself win over
 everything, and otherwise its members must resolve to the same settings.
+
+Search efficiency. ``sensitivity`` scans each searched layer's accuracy drop
+without fine-tuning (cached in the output folder, stored in the study) and
+enqueues seed trials at the ``seed_ratios`` before the sampler takes over;
+``early_stopping`` stops a trial at a fine-tune rung when a no-larger trial is
+clearly more accurate at the same rung. Neither changes what a trial measures,
+so neither is part of the study's fingerprint.
 
 Patterns are ``fnmatch`` globs on the layer FQN, or ``re:<regex>`` (full
 match). Every problem (unknown key, value out of range, bad import path) is a
@@ -93,6 +102,7 @@ __all__ = [
     "OBJECTIVES",
     "SAMPLERS",
     "ConstraintsConfig",
+    "EarlyStoppingConfig",
     "FactorySpec",
     "FinetuneConfig",
     "FloatRange",
@@ -101,6 +111,7 @@ __all__ = [
     "Override",
     "ResourcesConfig",
     "SearchConfig",
+    "SensitivityConfig",
     "SpaceConfig",
     "StudyConfig",
     "check_factories",
@@ -450,6 +461,9 @@ class ConstraintsConfig(_Frozen):
     max_accuracy_drop: Num | None = Field(0.02, ge=0, le=1)
     max_size_bytes: Int | None = Field(None, gt=0)
     min_ratio: Num | None = Field(None, ge=1)
+    # Bit-operations of one example (objectives.bit_operations); known from the plan
+    # alone, so an over-budget plan is scored without fine-tuning, like max_size_bytes.
+    max_bops: Num | None = Field(None, gt=0)
 
 
 class LatencyConfig(_Frozen):
@@ -480,6 +494,77 @@ class SearchConfig(_Frozen):
     address: StrictStr | None = None
 
 
+def _levels(name: str, values: list, ok, allowed: str) -> list:
+    bad = [v for v in values if not ok(v)]
+    if bad:
+        raise ValueError(f"each {name} value must be {allowed}; got {bad[0]!r}")
+    return _sorted_unique(values)
+
+
+class SensitivityConfig(_Frozen):
+    """The per-layer sensitivity scan run at the start of ``run`` (and by
+    ``compresstune sensitivity``), and the seed trials planned from it.
+
+    The scan measures, for each searched layer (or group) alone, the validation
+    accuracy drop without fine-tuning at each ``sparsity``, ``bits`` and
+    ``rank_fraction`` level, on the first ``examples`` validation examples.
+    Seeds: one enqueued trial per ratio in ``seed_ratios`` (reference fp32 size /
+    packed size; at most half of ``search.trials``, spread over the ratios),
+    spending compression where the scan says it hurts least; enqueued only into
+    a new study; ``[]`` enqueues none. ``narrow: true`` also caps each layer's
+    sparsity, bits and rank range at the first scanned level whose drop reaches
+    ``cliff``; decided before trial 0 and stored in the study.
+
+    Example:
+        >>> SensitivityConfig(seed_ratios=[8, 4]).seed_ratios
+        [4.0, 8.0]
+    """
+
+    enabled: StrictBool = True
+    examples: Int = Field(512, ge=1)
+    batch_size: Int = Field(512, ge=1)
+    sparsity: list[Num] = [0.5, 0.7, 0.8, 0.9, 0.95]
+    bits: list[Int] = [2, 3, 4, 6, 8]
+    rank_fraction: list[Num] = [0.25, 0.5, 0.75]
+    seed_ratios: list[Num] = [4.0, 8.0, 16.0, 32.0, 64.0]
+    narrow: StrictBool = False
+    cliff: Num = Field(0.3, gt=0, le=1)
+
+    _sparsity = field_validator("sparsity")(classmethod(
+        lambda cls, v: _levels("sparsity", v, lambda x: 0 < x < 1, "in (0, 1)")))
+    _bits = field_validator("bits")(classmethod(
+        lambda cls, v: _levels("bits", v, lambda b: b in ALLOWED_BITS and b < 32,
+                               f"in {[b for b in ALLOWED_BITS if b < 32]}")))
+    _fractions = field_validator("rank_fraction")(classmethod(
+        lambda cls, v: _levels("rank_fraction", v, lambda x: 0 < x < 1, "in (0, 1)")))
+    _ratios = field_validator("seed_ratios")(classmethod(
+        lambda cls, v: _levels("seed_ratios", v, lambda x: x > 1, "> 1")))
+
+
+class EarlyStoppingConfig(_Frozen):
+    """Pareto-aware early stopping of the recovery fine-tune.
+
+    At every ``finetune.eval_every`` step (a rung) a trial is stopped when
+    another trial no larger than it reached, at the same rung, a validation
+    accuracy higher by more than a margin: ``margin_se`` binomial standard
+    errors (``sqrt(p(1-p)/n_val)``, evaluation noise), plus ``rung_slack`` times
+    the fraction of the fine-tune still to run (early rungs predict the final
+    accuracy less well), plus ``min_margin``. No trial is stopped before a
+    fraction ``grace`` of the fine-tune steps, nor at the last step. A stopped
+    trial is recorded with its rung accuracy and kept off the front.
+
+    Example:
+        >>> EarlyStoppingConfig(enabled=True).margin_se
+        2.0
+    """
+
+    enabled: StrictBool = False
+    margin_se: Num = Field(2.0, ge=0)
+    rung_slack: Num = Field(0.1, ge=0, le=1)
+    min_margin: Num = Field(0.0, ge=0, le=1)
+    grace: Num = Field(0.5, ge=0, le=1)
+
+
 class StudyConfig(_Frozen):
     """A validated study definition. Build it with :func:`load_config` or
     :meth:`from_dict`; both raise :class:`ConfigError`.
@@ -501,6 +586,8 @@ class StudyConfig(_Frozen):
     latency: LatencyConfig = LatencyConfig()
     resources: ResourcesConfig = ResourcesConfig()
     search: SearchConfig = SearchConfig()
+    sensitivity: SensitivityConfig = SensitivityConfig()
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -553,7 +640,11 @@ class StudyConfig(_Frozen):
 
     def fingerprint_data(self) -> dict[str, Any]:
         """The parts that define what the study measures (see :meth:`fingerprint`)."""
-        return self.model_dump(mode="json", include=set(FINGERPRINT_FIELDS))
+        data = self.model_dump(mode="json", include=set(FINGERPRINT_FIELDS))
+        if data["constraints"].get("max_bops") is None:
+            # Added later: an unset budget keeps the fingerprints of existing studies.
+            data["constraints"].pop("max_bops", None)
+        return data
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON of model, data, space, objectives, finetune,

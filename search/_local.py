@@ -8,6 +8,7 @@ import torch
 from optuna.trial import TrialState
 
 from compresstune.search._controller import Session, counts, record
+from compresstune.search._early_stop import TrialHooks
 from compresstune.search._progress import Progress
 from compresstune.search._storage import SearchError
 from compresstune.search._trial import TrialOutcome, run_trial
@@ -23,6 +24,7 @@ def run_local(session: Session, *, progress: bool = True) -> None:
     # (oversubscribed BLAS threads made small models several times slower).
     torch.set_num_threads(max(1, int(session.config.resources.cpus_per_trial)))
     bar = Progress(study, cfg.trials, enabled=progress, stream=sys.stderr)
+    hooks = TrialHooks.for_session(session)  # budgets before training + early stopping (search/_early_stop.py)
     try:
         while True:
             c = counts(study)
@@ -30,27 +32,39 @@ def run_local(session: Session, *, progress: bool = True) -> None:
                 break
             if c["failed"] >= cfg.max_failures:
                 raise SearchError(_too_many_failures(study, c["failed"]))
-            _one_trial(session)
+            _one_trial(session, hooks)
             bar.update()
     finally:
         bar.close()
 
 
-def _one_trial(session: Session) -> None:
+def _one_trial(session: Session, hooks: TrialHooks | None = None) -> None:
     study = session.study
     trial = study.ask()
     trial.set_user_attr("driver", session.driver)
     try:
         plan = session.space.suggest(trial)
-        outcome = run_trial(plan, session.context)
+        outcome = run_trial(plan, session.context) if hooks is None else hooks.run(trial, plan, session.context)
     except KeyboardInterrupt:
+        _finish_suggest(session, trial)
         outcome = TrialOutcome("fail", fail_reason="interrupted: stopped by the user (Ctrl-C or SIGTERM)")
         record(study, trial, outcome, session.out)
-        study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number}, skip_if_exists=False)
+        seed = {k: v for k, v in trial.user_attrs.items() if k.startswith("seed_")}  # a seed trial stays one
+        study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number, **seed}, skip_if_exists=False)
         raise
     except Exception as exc:  # noqa: BLE001 - the space itself failed: record, go on
         outcome = TrialOutcome("fail", fail_reason=f"{type(exc).__name__}: {exc}")
     record(study, trial, outcome, session.out)
+
+
+def _finish_suggest(session: Session, trial) -> None:
+    """An interrupt inside ``space.suggest`` leaves the trial with part of its
+    parameters; complete them (already-set and enqueued ones come back as they
+    are) so that the requeued trial repeats the same plan."""
+    try:
+        session.space.suggest(trial)
+    except Exception:  # noqa: BLE001 - best effort: requeue what there is
+        pass
 
 
 def _too_many_failures(study, failed: int) -> str:

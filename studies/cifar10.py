@@ -8,6 +8,10 @@ Nesterov momentum, a cosine schedule, weight decay 5e-4 and random crop + flip
 augmentation; an epoch takes minutes on 2 CPU cores, so train it on a GPU or
 lower ``epochs`` for a quick run.
 
+``baseline`` loads ``studies/checkpoints/cifar10_resnet20.pt`` when that file was
+trained with the same settings on the same validation cut (see
+``studies/checkpoints/README.md``); otherwise it trains and caches the model.
+
 Example:
     >>> from studies import cifar10
     >>> d = cifar10.data()  # doctest: +SKIP
@@ -23,13 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compresstune.data import Splits, load_cifar10
+from compresstune.data import Split, Splits, load_cifar10
 from compresstune.models import ResNet20
 from compresstune.train import fit_cached
 
 __all__ = ["baseline", "crop_flip", "data"]
 
 PAD = 4
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+_NOT_SETTINGS = ("data", "cache_dir", "log", "checkpoint")
 
 
 def data(
@@ -38,14 +44,20 @@ def data(
     cache_dir: str | Path | None = ".cache/data",
     val_size: int = 5000,
     seed: int = 0,
+    train_size: int | None = None,
+    test_size: int | None = None,
 ) -> Splits:
     """The CIFAR-10 splits; see :func:`compresstune.data.load_cifar10`.
+
+    ``train_size`` / ``test_size`` keep a random subset (drawn with ``seed``) of
+    the training / test split (recovery fine-tunes and smoke runs); None keeps all.
 
     Example:
         >>> len(data().train)  # doctest: +SKIP
         45000
     """
-    return load_cifar10(path, cache_dir=cache_dir, val_size=val_size, seed=seed)
+    splits = load_cifar10(path, cache_dir=cache_dir, val_size=val_size, seed=seed)
+    return _subset(splits, seed, train_size=train_size, test_size=test_size)
 
 
 def crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -84,9 +96,11 @@ def baseline(
     momentum: float = 0.9,
     augment: bool = True,
     seed: int = 0,
+    checkpoint: str | Path | None = "auto",
     log: Callable[[str], Any] | None = None,
 ) -> nn.Module:
-    """A trained :class:`~compresstune.models.ResNet20`, cached in ``cache_dir``.
+    """A trained :class:`~compresstune.models.ResNet20`: the committed checkpoint, or
+    trained and cached in ``cache_dir``.
 
     Args:
         data: the splits from :func:`data`.
@@ -98,6 +112,9 @@ def baseline(
         momentum: Nesterov momentum.
         augment: apply :func:`crop_flip` to training batches.
         seed: seeds initialisation, shuffling and augmentation.
+        checkpoint: ``"auto"`` loads ``studies/checkpoints/cifar10_resnet20.pt`` when
+            it exists and matches these settings and ``data.val``; a path must
+            exist and match; None always trains (and caches).
         log: receives progress lines, and whether the cache was used.
 
     Returns:
@@ -106,10 +123,15 @@ def baseline(
     Example:
         >>> m = baseline(data=data(), cache_dir=".cache/baselines", epochs=1)  # doctest: +SKIP
     """
+    settings = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
     if not isinstance(data, Splits) or data.train.x.shape[1:] != (3, 32, 32):
         raise ValueError(f"`data` must be the CIFAR-10 Splits from studies.cifar10.data(); got {_describe(data)}.")
     if not isinstance(augment, bool):
         raise ValueError(f"`augment` must be True or False; got {augment!r}.")
+    with torch.random.fork_rng(devices=[]):
+        model = ResNet20(num_classes=data.num_classes)
+    if _load_checkpoint(model, checkpoint, "cifar10_resnet20", settings, data, log):
+        return model.eval()
     model, _ = fit_cached(
         lambda: ResNet20(num_classes=data.num_classes), data, cache_dir=cache_dir,
         name="cifar10-resnet20", model_settings={"arch": "resnet20", "num_classes": data.num_classes},
@@ -123,3 +145,61 @@ def _describe(data: Any) -> str:
     if isinstance(data, Splits):
         return f"{data.name!r} splits with x of shape {tuple(data.train.x.shape)}"
     return type(data).__name__
+
+
+# -- helpers shared in spirit by the MNIST, CIFAR-10 and SST-2 study modules ------------
+
+def _subset(d: Splits, seed: int, **sizes: int | None) -> Splits:
+    """Random subsets (file order kept) of the splits named in ``sizes``
+    (``train_size=``, ``val_size=``, ``test_size=``; None keeps a split whole)."""
+    parts = {"train": d.train, "val": d.val, "test": d.test}
+    for key, n in sizes.items():
+        if n is None:
+            continue
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"`{key}` must be None or an integer >= 1; got {n!r}.")
+        split = parts[key.removesuffix("_size")]
+        if n < len(split):
+            idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+            parts[key.removesuffix("_size")] = Split(split.x[idx], split.y[idx])
+    return Splits(parts["train"], parts["val"], parts["test"], d.num_classes, d.name, d.classes, d.vocab)
+
+
+def _row_keys(x: torch.Tensor) -> torch.Tensor:
+    """One int64 hash per row: identifies a validation split without storing it."""
+    flat = x.reshape(len(x), -1).to(torch.int64)
+    weights = torch.randint(1, 2**62, (flat.shape[1],), generator=torch.Generator().manual_seed(0))
+    return flat @ weights  # wraps modulo 2**64
+
+
+def _load_checkpoint(model: nn.Module, checkpoint, name: str, settings: dict, data: Splits, log) -> bool:
+    """Load a committed baseline into ``model``; False when ``"auto"`` finds none that fits."""
+    if checkpoint is None:
+        return False
+    auto = checkpoint == "auto"
+    path = CHECKPOINTS / f"{name}.pt" if auto else Path(checkpoint).expanduser()
+    if not path.is_file():
+        if auto:
+            return False
+        raise FileNotFoundError(f"baseline checkpoint not found: {path}")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    info = saved.get("info", {})
+    why = None
+    if info.get("settings") != settings:
+        why = f"it was trained with {info.get('settings')}, not {settings}"
+    elif not bool(torch.isin(_row_keys(data.val.x), saved["val_keys"]).all()):
+        why = "the validation split differs from the one it was trained beside (it may have trained on it)"
+    else:
+        try:
+            model.load_state_dict(saved["state_dict"])
+        except RuntimeError as exc:
+            why = f"its weights do not fit the model ({exc})"
+    if why is not None:
+        if not auto:
+            raise ValueError(f"baseline checkpoint {path} does not match: {why}.")
+        if log is not None:
+            log(f"not using baseline checkpoint {path}: {why}; training instead")
+        return False
+    if log is not None:
+        log(f"loaded baseline checkpoint {path} (test accuracy {info.get('test_accuracy', float('nan')):.4f})")
+    return True

@@ -7,6 +7,10 @@ held-out part of the original training set) the validation split, and
 ``test.tsv`` (the GLUE dev set) the test split. The vocabulary comes from
 ``train.tsv`` only.
 
+``baseline`` loads ``studies/checkpoints/sst2_transformer.pt`` when that file was
+trained with the same settings and vocabulary beside the same validation split
+(see ``studies/checkpoints/README.md``); otherwise it trains and caches the model.
+
 Example:
     >>> from studies import sst2
     >>> d = sst2.data()  # doctest: +SKIP
@@ -21,11 +25,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from compresstune.data import Splits, load_tsv
+from compresstune.data import Split, Splits, load_tsv
 from compresstune.models import TextTransformer
 from compresstune.train import fit_cached
 
 __all__ = ["baseline", "data", "trim_padding"]
+
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+_NOT_SETTINGS = ("data", "cache_dir", "log", "checkpoint")
 
 
 def data(
@@ -34,10 +41,17 @@ def data(
     max_len: int = 64,
     vocab_size: int = 20000,
     min_freq: int = 2,
+    train_size: int | None = None,
+    val_size: int | None = None,
+    test_size: int | None = None,
+    seed: int = 0,
 ) -> Splits:
     """The SST-2 splits: train.tsv / dev.tsv / test.tsv as train / val / test.
 
-    See :func:`compresstune.data.load_tsv` for the tokenizer and vocabulary.
+    See :func:`compresstune.data.load_tsv` for the tokenizer and vocabulary (always
+    built from all of train.tsv). ``train_size`` / ``val_size`` / ``test_size`` keep
+    a random subset (drawn with ``seed``) of the train / validation / test rows,
+    e.g. for smoke runs; None keeps all.
 
     Example:
         >>> d = data(path="../shared/data/sst2")  # doctest: +SKIP
@@ -45,10 +59,11 @@ def data(
         (60614, 6735, 872)
     """
     folder = Path(path).expanduser()
-    return load_tsv(
+    splits = load_tsv(
         folder / "train.tsv", folder / "dev.tsv", folder / "test.tsv",
         max_len=max_len, vocab_size=vocab_size, min_freq=min_freq, name="sst2",
     )
+    return _subset(splits, seed, train_size=train_size, val_size=val_size, test_size=test_size)
 
 
 def trim_padding(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -80,9 +95,11 @@ def baseline(
     batch_size: int = 128,
     weight_decay: float = 0.0,
     seed: int = 0,
+    checkpoint: str | Path | None = "auto",
     log: Callable[[str], Any] | None = None,
 ) -> nn.Module:
-    """A trained :class:`~compresstune.models.TextTransformer`, cached in ``cache_dir``.
+    """A trained :class:`~compresstune.models.TextTransformer`: the committed
+    checkpoint, or trained and cached in ``cache_dir``.
 
     The vocabulary size, sequence length and class count come from ``data``.
     Training batches are cut to their longest row (:func:`trim_padding`).
@@ -100,6 +117,9 @@ def baseline(
         batch_size: rows per step.
         weight_decay: L2 penalty.
         seed: seeds initialisation, shuffling and dropout.
+        checkpoint: ``"auto"`` loads ``studies/checkpoints/sst2_transformer.pt`` when
+            it exists and matches these settings, the vocabulary and ``data.val``;
+            a path must exist and match; None always trains (and caches).
         log: receives progress lines, and whether the cache was used.
 
     Returns:
@@ -108,6 +128,7 @@ def baseline(
     Example:
         >>> m = baseline(data=data(), cache_dir=".cache/baselines", epochs=1)  # doctest: +SKIP
     """
+    settings = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
     if not isinstance(data, Splits) or not data.vocab or data.train.x.dim() != 2:
         raise ValueError(
             f"`data` must be token-id Splits with a vocabulary, from studies.sst2.data(); got {_describe(data)}."
@@ -117,6 +138,10 @@ def baseline(
         "dim_feedforward": dim_feedforward, "max_len": int(data.train.x.shape[1]),
         "num_classes": data.num_classes, "dropout": dropout,
     }
+    with torch.random.fork_rng(devices=[]):
+        model = TextTransformer(**arch)
+    if _load_checkpoint(model, checkpoint, "sst2_transformer", settings, data, log):
+        return model.eval()
     model, _ = fit_cached(
         lambda: TextTransformer(**arch), data, cache_dir=cache_dir, name="sst2-transformer",
         model_settings=arch, log=log, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -129,3 +154,61 @@ def _describe(data: Any) -> str:
     if isinstance(data, Splits):
         return f"{data.name!r} splits with x of shape {tuple(data.train.x.shape)}"
     return type(data).__name__
+
+
+# -- helpers shared in spirit by the MNIST, CIFAR-10 and SST-2 study modules ------------
+
+def _subset(d: Splits, seed: int, **sizes: int | None) -> Splits:
+    """Random subsets (file order kept) of the splits named in ``sizes``
+    (``train_size=``, ``val_size=``, ``test_size=``; None keeps a split whole)."""
+    parts = {"train": d.train, "val": d.val, "test": d.test}
+    for key, n in sizes.items():
+        if n is None:
+            continue
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"`{key}` must be None or an integer >= 1; got {n!r}.")
+        split = parts[key.removesuffix("_size")]
+        if n < len(split):
+            idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+            parts[key.removesuffix("_size")] = Split(split.x[idx], split.y[idx])
+    return Splits(parts["train"], parts["val"], parts["test"], d.num_classes, d.name, d.classes, d.vocab)
+
+
+def _row_keys(x: torch.Tensor) -> torch.Tensor:
+    """One int64 hash per row: identifies a validation split without storing it."""
+    flat = x.reshape(len(x), -1).to(torch.int64)
+    weights = torch.randint(1, 2**62, (flat.shape[1],), generator=torch.Generator().manual_seed(0))
+    return flat @ weights  # wraps modulo 2**64
+
+
+def _load_checkpoint(model: nn.Module, checkpoint, name: str, settings: dict, data: Splits, log) -> bool:
+    """Load a committed baseline into ``model``; False when ``"auto"`` finds none that fits."""
+    if checkpoint is None:
+        return False
+    auto = checkpoint == "auto"
+    path = CHECKPOINTS / f"{name}.pt" if auto else Path(checkpoint).expanduser()
+    if not path.is_file():
+        if auto:
+            return False
+        raise FileNotFoundError(f"baseline checkpoint not found: {path}")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    info = saved.get("info", {})
+    why = None
+    if info.get("settings") != settings:
+        why = f"it was trained with {info.get('settings')}, not {settings}"
+    elif not bool(torch.isin(_row_keys(data.val.x), saved["val_keys"]).all()):
+        why = "the validation split differs from the one it was trained beside (it may have trained on it)"
+    else:
+        try:
+            model.load_state_dict(saved["state_dict"])
+        except RuntimeError as exc:
+            why = f"its weights do not fit the model ({exc})"
+    if why is not None:
+        if not auto:
+            raise ValueError(f"baseline checkpoint {path} does not match: {why}.")
+        if log is not None:
+            log(f"not using baseline checkpoint {path}: {why}; training instead")
+        return False
+    if log is not None:
+        log(f"loaded baseline checkpoint {path} (test accuracy {info.get('test_accuracy', float('nan')):.4f})")
+    return True

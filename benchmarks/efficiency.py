@@ -1,0 +1,322 @@
+"""Search efficiency: hypervolume against wall-clock time with and without the
+sensitivity-based seed trials and Pareto-aware early stopping.
+
+For each study and search seed, four otherwise identical searches run one after
+the other (interleaved by seed, so machine load drifts spread over variants):
+
+* ``plain``       no sensitivity scan, no seeds, no early stopping;
+* ``seeds``       sensitivity scan + seed trials (4x ... 64x);
+* ``early_stop``  Pareto-aware early stopping at the fine-tune rungs;
+* ``both``        the two together.
+
+The clock of a search starts when its searching starts: the sensitivity scan and
+the seed planning, then the trials. It counts the CPU seconds of the search
+process (one process, one torch thread: what its wall-clock time would be on an
+idle machine; this 2-core machine is shared with other jobs, whose load moved
+wall-clock times by up to 50 % between identical runs); wall-clock ratios are
+reported too. Loading data, the cached baseline and the teacher's logits is the
+same for every variant and left out.
+Hypervolume is the project's one definition (search/pareto.py): feasible, fully
+fine-tuned trials only, so stopped trials never count.
+
+With ``--rerun-stopped`` (default for the first seed) every trial that early
+stopping stopped is run again to the end without stopping, and the script
+counts those that would have reached the final Pareto front of their study.
+
+    nice -n 10 .venv/bin/python benchmarks/efficiency.py --studies digits --seeds 0 1 2
+    nice -n 10 .venv/bin/python benchmarks/efficiency.py --studies lenet300 --seeds 0 --trials 40
+
+Running it again reuses finished searches (``runs/bench/efficiency/...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from common import BENCH, SHARED_CACHE, log, machine, markdown_table, today  # noqa: E402  (chdir to ROOT)
+
+import optuna  # noqa: E402
+import torch  # noqa: E402
+
+from compresstune.config import StudyConfig, load_config  # noqa: E402
+
+OUT = BENCH / "efficiency"
+STUDIES = {"digits": "studies/digits.yaml", "lenet300": "studies/mnist_lenet300.yaml"}
+VARIANTS = {"plain": (False, False), "seeds": (True, False), "early_stop": (False, True), "both": (True, True)}
+FRACTIONS = (0.25, 0.5, 1.0)
+
+
+# -- running ----------------------------------------------------------------------------------------
+
+def variant_config(study: str, variant: str, seed: int, trials: int | None) -> StudyConfig:
+    seeds_on, stop_on = VARIANTS[variant]
+    data = load_config(STUDIES[study]).to_dict()
+    data["name"] = f"eff-{study}-{variant}-s{seed}"
+    data["search"].update(seed=seed, out=str(OUT / study / f"{variant}-s{seed}"), storage=None)
+    if trials:
+        data["search"]["trials"] = trials
+    data["sensitivity"]["enabled"] = seeds_on
+    data["early_stopping"]["enabled"] = stop_on
+    return StudyConfig.from_dict(data)
+
+
+def _fresh_out(out: Path) -> None:
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    SHARED_CACHE.mkdir(parents=True, exist_ok=True)
+    (out / "cache").symlink_to(SHARED_CACHE.resolve(), target_is_directory=True)
+
+
+def run_variant(cfg: StudyConfig) -> optuna.Study:
+    """Run one search from scratch unless a finished one is on disk.
+
+    Besides the wall-clock times in the study, it records the CPU seconds of
+    this process at the end of each trial (and those of the scan and the seed
+    planning): the search runs in one process on one torch thread, so its CPU
+    time is what its wall-clock time would be on an otherwise idle machine,
+    whatever the other jobs on this shared one are doing.
+    """
+    import compresstune.search._local as local_mod
+    import compresstune.search._sensitivity as sens_mod
+    from compresstune.search._controller import prepare
+    from compresstune.search._storage import RunLock, load_study
+
+    out = Path(cfg.search.out)
+    done = out / "finished.json"
+    if done.exists() and json.loads(done.read_text()).get("trials") == cfg.search.trials:
+        return load_study(out)
+    _fresh_out(out)
+    cpu: dict[str, float] = {}
+    before_search, record = sens_mod.before_search, local_mod.record
+
+    def timed_before(session):
+        c0 = time.process_time()
+        before_search(session)
+        cpu["overhead"] = time.process_time() - c0
+
+    def timed_record(study, trial, outcome, out_dir):
+        record(study, trial, outcome, out_dir)
+        cpu[str(trial.number)] = time.process_time() - cpu["start"]
+
+    t0 = time.time()
+    sens_mod.before_search, local_mod.record = timed_before, timed_record
+    try:
+        with RunLock(out):
+            session = prepare(cfg, out, log=lambda m: None)
+            t1 = time.time()
+            cpu["start"] = time.process_time()
+            local_mod.run_local(session, progress=False)
+    finally:
+        sens_mod.before_search, local_mod.record = before_search, record
+    done.write_text(json.dumps({"prepare_s": t1 - t0, "run_s": time.time() - t1, "trials": cfg.search.trials,
+                                "cpu_overhead_s": cpu.get("overhead", 0.0),
+                                "cpu_s": {k: v for k, v in cpu.items() if k.isdigit()}}))
+    return session.study
+
+
+# -- measuring ----------------------------------------------------------------------------------------
+
+def _steps(t, full: int) -> int:
+    a = t.user_attrs
+    if t.state.name != "COMPLETE" or a.get("rejected"):
+        return 0
+    rung = a.get("stopped_at_rung")
+    return int(rung) if rung is not None else full
+
+
+def timeline(study: optuna.Study, steps: int, out: Path) -> dict:
+    """CPU clock, wall clock, hypervolume and cumulative fine-tune steps after each finished trial."""
+    from compresstune.search.pareto import hypervolume_series, reference_point
+    from compresstune.search.report import trials_frame
+
+    attrs = study.user_attrs
+    done = json.loads((out / "finished.json").read_text())
+    wall_overhead = float((attrs.get("sensitivity") or {}).get("seconds", 0.0)) + float(attrs.get("seed_seconds", 0.0))
+    series = hypervolume_series(trials_frame(study), reference_point(study), by="time")
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    cum, clock, wall, hv, used = 0, [], [], [], []
+    for number, volume, elapsed in series.itertuples(index=False):
+        cum += _steps(by_number[int(number)], steps)
+        clock.append(done["cpu_overhead_s"] + done["cpu_s"][str(int(number))])
+        wall.append(wall_overhead + float(elapsed))
+        hv.append(float(volume))
+        used.append(cum)
+    trials = [by_number[n] for n in by_number]
+    stopped = [t for t in trials if t.user_attrs.get("stopped_at_rung") is not None]
+    return {"clock": clock, "wall": wall, "hv": hv, "steps": used, "overhead_cpu_s": done["cpu_overhead_s"],
+            "trials": len(series), "stopped": len(stopped),
+            "steps_saved": sum(steps - int(t.user_attrs["stopped_at_rung"]) for t in stopped),
+            "seeds": sum(bool(t.user_attrs.get("seed_trial")) for t in trials)}
+
+
+def first_reach(tl: dict, target: float, clock_key: str = "clock") -> tuple[float, int] | None:
+    for clock, hv, steps in zip(tl[clock_key], tl["hv"], tl["steps"]):
+        if hv >= target - 1e-12:
+            return clock, steps
+    return None
+
+
+def hv_at(tl: dict, t: float) -> float:
+    best = 0.0
+    for clock, hv in zip(tl["clock"], tl["hv"]):
+        if clock <= t:
+            best = hv
+    return best
+
+
+def rerun_stopped(cfg: StudyConfig, study: optuna.Study) -> dict:
+    """Run every stopped trial's plan to the end; count those that would reach the final front."""
+    import numpy as np
+
+    from compresstune.plan import CompressionPlan
+    from compresstune.search._controller import prepare
+    from compresstune.search._storage import RunLock
+    from compresstune.search._trial import constraints_for, run_trial
+    from compresstune.search.pareto import front, pareto_mask
+
+    out = Path(cfg.search.out)
+    cached = out / "rerun.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    stopped = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("stopped_at_rung") is not None]
+    with RunLock(out):
+        session = prepare(cfg, out, log=lambda m: None)
+    ctx = session.context
+    fr = front(session.study)
+    points = fr[["val_accuracy", "size_bytes"]].to_numpy(dtype=float)
+    rows = []
+    for t in stopped:
+        outcome = run_trial(CompressionPlan.from_json(t.user_attrs["plan"]), ctx)
+        if outcome.state != "complete":
+            rows.append({"number": t.number, "failed": outcome.fail_reason})
+            continue
+        acc, size = outcome.values[0], outcome.values[1]
+        cons = constraints_for(ctx.settings, acc, int(size))
+        feasible = all(v <= 0 for k, v in cons.items() if k != "stopped")
+        both = np.vstack([points, [[acc, size]]]) if len(points) else np.array([[acc, size]])
+        on_front = feasible and bool(pareto_mask(both, ["maximize", "minimize"])[-1])
+        rows.append({"number": t.number, "rung": t.user_attrs["stopped_at_rung"], "rung_accuracy": t.values[0],
+                     "final_accuracy": acc, "size_bytes": int(size), "feasible": feasible, "on_front": on_front})
+    result = {"stopped": len(stopped), "on_front": sum(bool(r.get("on_front")) for r in rows), "trials": rows}
+    cached.write_text(json.dumps(result, indent=1))
+    return result
+
+
+# -- reporting ----------------------------------------------------------------------------------------
+
+def summarise(study_name: str, seeds: list[int], tls: dict, reruns: dict, steps: int) -> str:
+    """One markdown row per variant; each cell lists the searches in seed order."""
+    fmt = lambda xs, d=2: " / ".join("never" if not math.isfinite(x) else f"{x:.{d}f}" for x in xs)  # noqa: E731
+    rows = []
+    for variant in VARIANTS:
+        finals, reach, reach98, reach_wall, reach_steps, hv_frac = [], [], [], [], [], {f: [] for f in FRACTIONS[:2]}
+        stopped = saved = total_steps = 0
+        for seed in seeds:
+            tl, plain = tls[(variant, seed)], tls[("plain", seed)]
+            target, horizon = plain["hv"][-1], plain["clock"][-1]
+            finals.append(tl["hv"][-1])
+            hit = first_reach(tl, target)
+            reach.append(hit[0] / horizon if hit else math.inf)
+            reach_steps.append(hit[1] / plain["steps"][-1] if hit else math.inf)
+            wall = first_reach(tl, target, "wall")
+            reach_wall.append(wall[0] / plain["wall"][-1] if wall else math.inf)
+            near = first_reach(tl, 0.98 * target)
+            reach98.append(near[0] / horizon if near else math.inf)
+            for f in hv_frac:
+                hv_frac[f].append(hv_at(tl, f * horizon) / target if target > 0 else math.nan)
+            stopped += tl["stopped"]
+            saved += tl["steps_saved"]
+            total_steps += tl["steps"][-1]
+        med = sorted(reach)[len(reach) // 2]
+        rows.append([
+            variant, f"{fmt(finals, 4)} (mean {sum(finals) / len(finals):.4f})",
+            fmt(reach) + (f" (median {med:.2f})" if len(reach) > 1 and math.isfinite(med) else ""),
+            fmt(reach_steps), fmt(reach98), fmt(reach_wall), *[fmt(hv_frac[f]) for f in hv_frac],
+            f"{stopped} ({saved:,} of {saved + total_steps:,} steps saved)",
+        ])
+    headers = ["variant", "final HV", "CPU time to plain's final HV (x plain's)", "fine-tune steps to it (x plain's)",
+               "CPU time to 98 % of it", "wall-clock time to plain's final HV (x plain's)",
+               *[f"HV at {int(f * 100)} % of plain's CPU time (x plain's final)" for f in FRACTIONS[:2]],
+               "stopped trials"]
+    lines = [markdown_table(headers, rows)]
+    for (variant, seed), rr in sorted(reruns.items()):
+        lines.append(f"\nRe-run of the trials early stopping stopped ({variant}, seed {seed}): {rr['stopped']} stopped, "
+                     f"{rr['on_front']} would have reached the final front when fine-tuned to the end.")
+    return "\n".join(lines)
+
+
+def plot(study_name: str, seeds: list[int], tls: dict) -> Path:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for variant in VARIANTS:
+        for seed in seeds:
+            tl = tls[(variant, seed)]
+            fig.add_scatter(x=tl["clock"], y=tl["hv"], mode="lines", line_shape="hv", name=f"{variant} s{seed}",
+                            legendgroup=variant)
+    fig.update_layout(title=f"{study_name}: hypervolume against search time", xaxis_title="CPU seconds of the search",
+                      yaxis_title="hypervolume")
+    path = OUT / f"{study_name}_hv_time.html"
+    fig.write_html(path, include_plotlyjs="cdn")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    global OUT
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--studies", nargs="+", default=["digits"], choices=list(STUDIES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--trials", type=int, help="trials per search (default: the study file's)")
+    p.add_argument("--out", type=Path, default=OUT, help=f"where the searches live (default {OUT})")
+    p.add_argument("--rerun-stopped", nargs="*", type=int, default=None,
+                   help="seeds whose early-stopped trials are re-run to the end (default: the first seed)")
+    args = p.parse_args(argv)
+    OUT = args.out.resolve()
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rerun_seeds = args.seeds[:1] if args.rerun_stopped is None else args.rerun_stopped
+    started = time.time()
+    report = [f"Date: {today()}  \nMachine: {machine()}"]
+    results = {}
+    for study_name in args.studies:
+        tls, reruns, steps = {}, {}, None
+        for seed in args.seeds:
+            for variant in VARIANTS:
+                cfg = variant_config(study_name, variant, seed, args.trials)
+                steps = cfg.finetune.steps
+                t0 = time.time()
+                study = run_variant(cfg)
+                tls[(variant, seed)] = timeline(study, steps, Path(cfg.search.out))
+                tl = tls[(variant, seed)]
+                log(f"{study_name} {variant} seed {seed}: {tl['trials']} trials, final HV {tl['hv'][-1]:.4f}, "
+                    f"search {tl['clock'][-1]:.0f} s, {tl['stopped']} stopped ({time.time() - t0:.0f} s)")
+                if VARIANTS[variant][1] and seed in rerun_seeds:
+                    reruns[(variant, seed)] = rerun_stopped(cfg, study)
+                    log(f"  re-run of {reruns[(variant, seed)]['stopped']} stopped trials: "
+                        f"{reruns[(variant, seed)]['on_front']} would reach the front")
+        cfg = variant_config(study_name, "plain", args.seeds[0], args.trials)
+        head = (f"\n### {study_name} ({STUDIES[study_name]}, {cfg.search.trials} trials, {cfg.finetune.steps} "
+                f"fine-tune steps, rungs every {cfg.finetune.eval_every}; search seeds {args.seeds})\n")
+        report.append(head + summarise(study_name, args.seeds, tls, reruns, steps))
+        results[study_name] = {f"{v}-s{s}": tl for (v, s), tl in tls.items()}
+        results[study_name]["reruns"] = {f"{v}-s{s}": r for (v, s), r in reruns.items()}
+        log(f"plot: {plot(study_name, args.seeds, tls)}")
+    cmd = "nice -n 10 .venv/bin/python benchmarks/efficiency.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report.insert(0, f"Command: `{cmd.strip()}` (took {(time.time() - started) / 60:.0f} min)  ")
+    text = "\n".join(report)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (OUT / "summary.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

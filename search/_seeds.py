@@ -1,0 +1,478 @@
+"""Seed trials planned from the sensitivity scan, and the optional narrowing.
+
+Seeds. For each target ratio (reference fp32 bytes / packed bytes; 4x, 8x,
+16x, 32x, 64x by default) one plan that spends the compression where the scan
+says it hurts least, as space parameters for ``study.enqueue_trial``:
+
+1. Every unit starts at its least compressive setting allowed by the space
+   (lowest sparsity, most bits, highest rank fraction, no structured pruning).
+2. A greedy path compresses step by step: at each step, among every unit's
+   next sparsity levels (a 0.05 grid), next lower bit-width and next lower rank
+   fraction, take the move with the smallest increase of the predicted drop per
+   bit of size saved. The predicted drop of a plan is the sum over units and
+   knobs of the scanned drops (clamped at 0, made monotone, interpolated
+   between scanned levels); the size along the path is the real packed size of
+   the starting plan plus, per unit, the change predicted by a size model of
+   the artifact format (:func:`estimate_bytes`: index stream near its entropy,
+   bit-packed codes plus a float32 scale per row, or float16/32 values).
+3. Per target, the first plan on the path that reaches it is checked with the
+   REAL packed size of the whole model (apply + to_bytes). When the move that
+   reached it was a sparsity move, that sparsity is bisected on the real size
+   so the ratio lands just at or above the target; when it was a discrete move
+   (bits, rank) that overshoots, the plan before it is also continued with
+   sparsity moves alone (bisected the same way), and the one within 10 % of the
+   target wins, then the one with the lower predicted drop.
+
+Only the per-layer parameters are enqueued: the distillation temperature and
+alpha of a seed are left to the sampler (on digits, pinning them to one
+setting for every seed lowered the final hypervolume in 2 of 3 searches).
+:func:`~compresstune.search._sensitivity.before_search` enqueues at most half
+of ``search.trials`` seeds, spread over the ratios (:func:`spread`).
+
+Narrowing (``sensitivity.narrow``). Per unit, sparsity is capped at the first
+scanned level whose drop reaches ``cliff``, bit-widths below the first such
+bit-width are removed, and so are rank fractions below the first such fraction
+(the cliff level itself stays searchable). Stored in the study as
+``"narrowing"`` (``{unit: {knob: range or choices}}``) and re-applied on resume
+as exact-name overrides (or group knobs), since Optuna refuses a categorical
+parameter whose choices change within a study.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from torch import nn
+
+from compresstune.artifact import to_bytes
+from compresstune.compress import apply
+from compresstune.search._sensitivity import units as _units
+
+__all__ = ["Seed", "describe_narrowing", "enqueue", "estimate_bytes", "narrowed_space", "narrowing", "plan_seeds",
+           "spread"]
+
+_GRID = 0.05
+_KNOBS = ("sparsity", "bits", "rank_fraction")
+_EPS = 1e-4  # cost floor: among moves the scan calls free, the one saving most goes first
+_BAND = 1.10  # a seed lands in [target, 1.1 x target] when its space allows
+_RECORD_BYTES = 100.0  # what a coded weight adds to the (compressed) header, measured
+
+
+@dataclass
+class Seed:
+    """One planned seed trial."""
+
+    params: dict[str, Any]
+    target_ratio: float
+    ratio: float
+    size_bytes: int
+    predicted_drop: float
+    reached: bool
+
+    def user_attrs(self) -> dict[str, Any]:
+        return {"seed_trial": True, "seed_target_ratio": self.target_ratio, "seed_ratio": round(self.ratio, 4),
+                "seed_predicted_drop": round(self.predicted_drop, 6)}
+
+
+# -- drop curves from the scan ---------------------------------------------------------------------
+
+def _curve(points: list[tuple[float, float]], *, ascending: bool) -> Callable[[float], float]:
+    """A drop curve through ``points`` (value, drop): drops clamped at 0 and made
+    monotone in the direction of more compression (ascending values for sparsity,
+    descending for bits and rank fractions), linear in between, flat outside."""
+    pts = sorted(points, key=lambda p: p[0], reverse=not ascending)
+    xs, ys, worst = [], [], 0.0
+    for x, y in pts:
+        worst = max(worst, y if y is not None and math.isfinite(y) else worst)
+        xs.append(float(x))
+        ys.append(worst)
+    if not ascending:
+        xs, ys = xs[::-1], ys[::-1]
+    xa, ya = np.asarray(xs), np.asarray(ys)
+    return lambda v: float(np.interp(float(v), xa, ya))
+
+
+def _curves(scan: dict, prefix: str) -> dict[str, Callable[[float], float]]:
+    if prefix not in scan.get("layers", []):
+        return {k: (lambda v: 0.0) for k in _KNOBS}
+    row = scan["drop"][scan["layers"].index(prefix)]
+    measured: dict[str, list] = {k: [] for k in _KNOBS}
+    for (knob, value), drop in zip(scan["knobs"], row):
+        if drop is not None and knob in measured:
+            measured[knob].append((float(value), max(0.0, float(drop))))
+    anchors = {"sparsity": [(0.0, 0.0)], "bits": [(32.0, 0.0)], "rank_fraction": [(1.0, 0.0)]}
+    if not any(v == 16 for v, _ in measured["bits"]):
+        anchors["bits"].append((16.0, 0.0))  # float16 weights: no measurable loss
+    return {k: _curve(anchors[k] + measured[k], ascending=(k == "sparsity")) for k in _KNOBS}
+
+
+# -- units and their ladders -------------------------------------------------------------------------
+
+@dataclass
+class _Unit:
+    prefix: str
+    members: tuple[str, ...]
+    ladders: dict[str, list]  # knob -> values from least to most compressive
+    dists: dict[str, Any]
+    curves: dict[str, Callable[[float], float]]
+    fixed: dict[str, Any] = field(default_factory=dict)  # other params (structured)
+
+    def drop(self, values: dict[str, Any]) -> float:
+        return sum(self.curves[k](v) for k, v in values.items())
+
+    def snap(self, knob: str, value: float) -> float:
+        d = self.dists[knob]
+        value = min(max(float(value), d.low), d.high)
+        if d.step is not None:
+            value = min(d.low + round((value - d.low) / d.step) * d.step, d.high)
+        return float(value)
+
+
+def _sparsity_ladder(d: FloatDistribution) -> list[float]:
+    values = [d.low] + [k * _GRID for k in range(1, int(1 / _GRID)) if d.low < k * _GRID < d.high] + [d.high]
+    if d.step is not None:
+        values = [min(d.low + round((v - d.low) / d.step) * d.step, d.high) for v in values]
+    return sorted(set(round(v, 12) for v in values))
+
+
+def _build_units(space, scan: dict) -> list[_Unit]:
+    dists = space.distributions()
+    out = []
+    for prefix, members in _units(space):
+        ladders, own, fixed = {}, {}, {}
+        for knob in _KNOBS + ("structured",):
+            d = dists.get(f"{prefix}:{knob}")
+            if d is None:
+                continue
+            if knob == "structured":
+                fixed[f"{prefix}:structured"] = False if False in d.choices else d.choices[0]
+            elif knob == "sparsity" and isinstance(d, FloatDistribution):
+                ladders[knob], own[knob] = _sparsity_ladder(d), d
+            elif isinstance(d, CategoricalDistribution):
+                ladders[knob], own[knob] = sorted(d.choices, reverse=True), d
+        out.append(_Unit(prefix, members, ladders, own, _curves(scan, prefix), fixed))
+    return out
+
+
+# -- sizes ----------------------------------------------------------------------------------------------
+
+def _entropy_bytes(n: int, s: float) -> float:
+    """About what an entropy-coded index stream of ``n`` positions at sparsity ``s`` takes."""
+    if s <= 0 or s >= 1 or n == 0:
+        return 0.0
+    h = -(s * math.log2(s) + (1 - s) * math.log2(1 - s))
+    return n * h / 8 * 1.1 + 16
+
+
+def estimate_bytes(rows: int, cols: int, *, sparsity: float, bits: int, rank: int | None) -> float:
+    """A size model of one compressed weight in the artifact (verified against the
+    real packed size in the tests): per stored part, the index stream, the codes
+    bit-packed at ``bits`` plus one float32 scale per row, or float16/32 values.
+
+    Example:
+        >>> estimate_bytes(64, 512, sparsity=0.0, bits=8, rank=None)
+        33124.0
+    """
+    parts = [(rows, rank), (rank, cols)] if rank else [(rows, cols)]
+    total = _RECORD_BYTES
+    for r, c in parts:
+        n = r * c
+        nnz = n - round(sparsity * n)
+        total += _entropy_bytes(n, sparsity)
+        if bits <= 8:
+            total += math.ceil(nnz * bits / 8) + 4 * r
+        else:
+            total += nnz * (2 if bits == 16 else 4)
+    return total
+
+
+class _Sizer:
+    """Packed sizes: exact (apply + to_bytes) for whole plans; the size model of
+    :func:`estimate_bytes` for the per-unit changes along the greedy path."""
+
+    def __init__(self, space, model: nn.Module, base_params: dict[str, Any]) -> None:
+        self.space, self.model, self.base = space, model, dict(base_params)
+        self._real: dict[tuple, int] = {}
+        self._delta: dict[tuple, float] = {}
+        self.base_plan = space.decode(self.base)
+        self.base_size = self.real(self.base)
+
+    def real(self, params: dict[str, Any]) -> int:
+        key = tuple(sorted(params.items()))
+        if key not in self._real:
+            self._real[key] = len(to_bytes(apply(self.model, self.space.decode(params))))
+        return self._real[key]
+
+    def _layer_bytes(self, name: str, lp) -> float:
+        info = self.space.discovery.layers[name]
+        if lp.is_identity:
+            return 4.0 * info.numel
+        return estimate_bytes(info.rows, info.cols, sparsity=lp.sparsity, bits=lp.bits, rank=lp.rank)
+
+    def delta(self, unit: _Unit, params: dict[str, Any]) -> float:
+        """Predicted change of the packed size when only ``unit`` takes its values in ``params``."""
+        mine = {k: v for k, v in params.items() if k.startswith(unit.prefix + ":")}
+        key = (unit.prefix, tuple(sorted(mine.items())))
+        if key not in self._delta:
+            plan = self.space.decode({**self.base, **mine})
+            self._delta[key] = sum(self._layer_bytes(m, plan.layers[m]) - self._layer_bytes(m, self.base_plan.layers[m])
+                                   for m in unit.members)
+        return self._delta[key]
+
+
+# -- the greedy path and the targets ------------------------------------------------------------------
+
+def _params(units_: list[_Unit], state: dict[str, dict[str, Any]], distill: dict[str, Any]) -> dict[str, Any]:
+    out = dict(distill)
+    for u in units_:
+        out.update(u.fixed)
+        out.update({f"{u.prefix}:{k}": v for k, v in state[u.prefix].items()})
+    return out
+
+
+def _moves(u: _Unit, values: dict[str, Any], knobs):
+    for knob, ladder in u.ladders.items():
+        if knob not in knobs:
+            continue
+        cur = values[knob]
+        if knob == "sparsity":
+            ahead = [v for v in ladder if v > cur + 1e-12]
+        else:
+            ahead = [v for v in ladder if v < cur][:2]
+        for v in ahead:
+            yield knob, v
+
+
+def _copy(state: dict) -> dict:
+    return {p: dict(v) for p, v in state.items()}
+
+
+def _greedy_path(units_, sizer: _Sizer, start: dict, *, stop_size: float, knobs=_KNOBS) -> list:
+    """From ``start``, the cheapest move at each step (predicted drop per bit of
+    predicted size saved) until the predicted size is under ``stop_size``.
+    Each entry: ``(state, predicted size, predicted drop, (unit, knob, old value) or None)``."""
+    state = _copy(start)
+    size_of = {u.prefix: sizer.delta(u, _unit_params(u, state)) for u in units_}
+    drop_of = {u.prefix: u.drop(state[u.prefix]) for u in units_}
+    total = float(sizer.base_size) + sum(size_of.values())
+    path = [(_copy(state), total, sum(drop_of.values()), None)]
+    while total > stop_size:
+        best = None
+        for u in units_:
+            for knob, value in _moves(u, state[u.prefix], knobs):
+                trial_values = {**state[u.prefix], knob: value}
+                new_unit_size = sizer.delta(u, {f"{u.prefix}:{k}": v for k, v in trial_values.items()})
+                new_total = total - size_of[u.prefix] + new_unit_size
+                if new_total <= 0 or new_total >= total:
+                    continue
+                gain = math.log2(total) - math.log2(new_total)
+                cost = max(0.0, u.drop(trial_values) - drop_of[u.prefix]) + _EPS
+                if best is None or cost / gain < best[0]:
+                    best = (cost / gain, u, knob, value, new_unit_size, new_total)
+        if best is None:
+            break
+        _, u, knob, value, new_unit_size, new_total = best
+        old = state[u.prefix][knob]
+        state[u.prefix][knob] = value
+        size_of[u.prefix], total = new_unit_size, new_total
+        drop_of[u.prefix] = u.drop(state[u.prefix])
+        path.append((_copy(state), total, sum(drop_of.values()), (u.prefix, knob, old)))
+    return path
+
+
+def _unit_params(u: _Unit, state: dict) -> dict:
+    return {f"{u.prefix}:{k}": v for k, v in state[u.prefix].items()}
+
+
+def _bisect(make: Callable[[float], dict], fits: Callable[[dict], bool], iters: int = 12) -> dict | None:
+    """The params ``make(t)`` with the smallest t in [0, 1] that ``fits`` (assumed
+    monotone); None when even ``make(1)`` does not fit."""
+    if not fits(make(1.0)):
+        return None
+    if fits(make(0.0)):
+        return make(0.0)
+    lo_t, hi_t = 0.0, 1.0
+    for _ in range(iters):
+        mid = (lo_t + hi_t) / 2
+        if fits(make(mid)):
+            hi_t = mid
+        else:
+            lo_t = mid
+    return make(hi_t)
+
+
+def _state_of(units_, params: dict) -> dict:
+    return {u.prefix: {k: params[f"{u.prefix}:{k}"] for k in u.ladders} for u in units_}
+
+
+def _hit(units_, path: list, distill: dict, fits) -> tuple[int, dict | None]:
+    """The first entry of ``path`` whose REAL size fits, and its params refined: when
+    the move that got there was a sparsity move, that sparsity is bisected between
+    its old and new value so the plan just fits. ``(index, params)``; params None
+    when no entry fits."""
+    for k, (state, _, _, move) in enumerate(path):
+        params = _params(units_, state, distill)
+        if not fits(params):
+            continue
+        if move is None or move[1] != "sparsity":
+            return k, params
+        prefix, _, old = move
+        unit = next(u for u in units_ if u.prefix == prefix)
+        new = state[prefix]["sparsity"]
+
+        def make(t: float, state=state) -> dict:
+            st = _copy(state)
+            st[prefix]["sparsity"] = unit.snap("sparsity", old + t * (new - old))
+            return _params(units_, st, distill)
+
+        return k, _bisect(make, fits)
+    return len(path) - 1, None
+
+
+def plan_seeds(space, model: nn.Module, scan: dict, *, ratios, reference_bytes: int,
+               temperature: float | None = None, alpha: float | None = None) -> list[Seed]:
+    """Seed plans hitting ``ratios`` (see the module docstring), as space params.
+
+    Returns one :class:`Seed` per distinct plan, in the order of ``ratios``
+    (sorted); a target the space cannot reach gives its most compressed plan
+    (``reached=False``), once.
+
+    Example:
+        >>> seeds = plan_seeds(space, model, scan, ratios=[4, 8], reference_bytes=153128)  # doctest: +SKIP
+        >>> [round(s.ratio, 1) for s in seeds]  # doctest: +SKIP
+        [4.0, 8.0]
+    """
+    targets = sorted(float(r) for r in ratios)
+    if not targets:
+        return []
+    units_ = _build_units(space, scan)
+    uniform = space.uniform_params(0.0, 32, None, temperature=temperature, alpha=alpha)
+    distill = {k: v for k, v in uniform.items() if k.startswith("distill:")}
+    start = {u.prefix: {k: ladder[0] for k, ladder in u.ladders.items()} for u in units_}
+    sizer = _Sizer(space, model, _params(units_, start, distill))
+    path = _greedy_path(units_, sizer, start, stop_size=reference_bytes / targets[-1] * 0.8)
+    drop = lambda params: sum(u.drop(_state_of(units_, params)[u.prefix]) for u in units_)  # noqa: E731
+    seeds: list[Seed] = []
+    seen: set[tuple] = set()
+    for target in targets:
+        budget = reference_bytes / target
+        fits = lambda params: sizer.real(params) <= budget  # noqa: E731
+        k, chosen = _hit(units_, path, distill, fits)
+        reached = chosen is not None
+        if not reached:
+            chosen = _params(units_, path[-1][0], distill)
+        elif path[k][3] is not None and path[k][3][1] != "sparsity":
+            # A discrete move (bits, rank) got there and may overshoot: also try the plan
+            # before it, compressed further by sparsity moves alone.
+            before = path[k - 1][0]
+            more = _greedy_path(units_, sizer, before, stop_size=budget * 0.9, knobs=("sparsity",))
+            _, other = _hit(units_, more, distill, fits)
+            if other is not None:
+                # Hit the target (within _BAND) when either does; then the lowest predicted drop.
+                chosen = min([chosen, other], key=lambda c: (reference_bytes / sizer.real(c) > target * _BAND,
+                                                             round(drop(c), 9), -sizer.real(c)))
+        key = tuple(sorted(chosen.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        size = sizer.real(chosen)
+        seeds.append(Seed(params=chosen, target_ratio=target, ratio=reference_bytes / size, size_bytes=size,
+                          predicted_drop=drop(chosen), reached=reached))
+    return seeds
+
+
+def spread(ratios, k: int) -> list[float]:
+    """At most ``k`` of the sorted ``ratios``, evenly spread (both ends kept).
+
+    Example:
+        >>> spread([4, 8, 16, 32, 64], 3)
+        [4.0, 16.0, 64.0]
+    """
+    values = sorted(float(r) for r in ratios)
+    if k >= len(values):
+        return values
+    if k <= 1:
+        return values[:1]
+    return [values[round(i * (len(values) - 1) / (k - 1))] for i in range(k)]
+
+
+def enqueue(study, seeds: list[Seed]) -> None:
+    """Enqueue the seeds (marked ``seed_trial: True``) and record them in the study.
+
+    Only the per-layer parameters are fixed: the distillation temperature and
+    alpha are left to the sampler (Optuna samples the parameters an enqueued
+    trial does not give), so the seeds do not pin every early trial to one
+    distillation setting."""
+    for seed in seeds:
+        params = {k: v for k, v in seed.params.items() if not k.startswith("distill:")}
+        study.enqueue_trial(params, user_attrs=seed.user_attrs(), skip_if_exists=False)
+    study.set_user_attr("seed_trials", [
+        {"target_ratio": s.target_ratio, "ratio": round(s.ratio, 4), "size_bytes": s.size_bytes,
+         "predicted_drop": round(s.predicted_drop, 6), "reached": s.reached} for s in seeds])
+
+
+# -- narrowing ------------------------------------------------------------------------------------------
+
+def narrowing(space, scan: dict, *, cliff: float) -> dict[str, dict[str, Any]]:
+    """Per unit, the knob settings that stop at the scan's cliff (only changed knobs).
+
+    Example:
+        >>> narrowing(space, scan, cliff=0.3)  # doctest: +SKIP
+        {'conv1': {'bits': [3, 4, 5, 6, 8, 16, 32]}}
+    """
+    dists = space.distributions()
+    out: dict[str, dict[str, Any]] = {}
+    for prefix, _ in _units(space):
+        if prefix not in scan.get("layers", []):
+            continue
+        row = scan["drop"][scan["layers"].index(prefix)]
+        cliffs: dict[str, list[float]] = {k: [] for k in _KNOBS}
+        for (knob, value), drop in zip(scan["knobs"], row):
+            if drop is not None and drop >= cliff and knob in cliffs:
+                cliffs[knob].append(value)
+        knobs: dict[str, Any] = {}
+        d = dists.get(f"{prefix}:sparsity")
+        if isinstance(d, FloatDistribution) and cliffs["sparsity"]:
+            edge = min(cliffs["sparsity"])
+            if d.low < edge < d.high:
+                knobs["sparsity"] = {"low": d.low, "high": edge, "step": d.step, "log": d.log}
+        for knob in ("bits", "rank_fraction"):
+            d = dists.get(f"{prefix}:{knob}")
+            if isinstance(d, CategoricalDistribution) and cliffs[knob]:
+                edge = max(cliffs[knob])
+                kept = [c for c in d.choices if c >= edge]
+                if kept and len(kept) < len(d.choices):
+                    knobs[knob] = sorted(kept)
+        if knobs:
+            out[prefix] = knobs
+    return out
+
+
+def describe_narrowing(narrow: dict[str, dict[str, Any]]) -> str:
+    parts = []
+    for prefix, knobs in narrow.items():
+        for knob, value in knobs.items():
+            if knob == "sparsity":
+                parts.append(f"{prefix} sparsity <= {value['high']:g}")
+            else:
+                parts.append(f"{prefix} {knob} >= {min(value):g}")
+    return "; ".join(parts) or "nothing"
+
+
+def narrowed_space(config, model: nn.Module, narrow: dict[str, dict[str, Any]]):
+    """The study's space with the stored narrowing applied: exact-name overrides
+    for layers, the group's own knobs for groups (they win over overrides)."""
+    from compresstune.spaces import Space
+
+    data = config.space.model_dump(mode="json")
+    groups = {g["name"]: i for i, g in enumerate(data.get("groups", []))}
+    for prefix, knobs in narrow.items():
+        if prefix in groups:
+            data["groups"][groups[prefix]].update(knobs)
+        else:
+            data.setdefault("overrides", []).append({"name": prefix, **knobs})
+    return Space.from_config(data, model)

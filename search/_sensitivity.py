@@ -1,0 +1,292 @@
+"""Per-layer sensitivity scan: the accuracy drop, without fine-tuning, of
+compressing one searched layer (or group) alone at a few sparsity levels,
+bit-widths and rank fractions, everything else untouched.
+
+It is cheap by design: one ``apply`` and one batched evaluation under
+``parametrize.cached()`` per cell, on a fixed validation subset (the first
+``sensitivity.examples`` examples). The result is plain JSON, cached in
+``OUT/sensitivity.json`` (keyed by the config fingerprint, the baseline and the
+scan settings) and stored in the study's user attrs as ``"sensitivity"``::
+
+    {"version": 1, "key": "<sha256>", "fingerprint": "<config fingerprint>",
+     "examples": 360, "baseline_accuracy": 0.978,        # on that subset
+     "layers": ["conv1", "conv2", "fc1", "fc2"],         # searched units, model order
+     "members": {"conv1": ["conv1"], ...},               # a group lists its layers
+     "settings": ["sparsity 0.5", ..., "bits 2", ..., "rank 0.25", ...],
+     "knobs": [["sparsity", 0.5], ..., ["bits", 2], ..., ["rank_fraction", 0.25], ...],
+     "accuracy": [[...], ...],                           # len(layers) x len(settings)
+     "drop": [[...], ...],                               # baseline_accuracy - accuracy
+     "seconds": 1.3}
+
+A cell is ``null`` where the layer cannot take that setting (an operator it
+refuses, a rank that would not make it smaller). ``drop`` may be slightly
+negative (noise). :func:`before_search` is the controller's hook: it runs (or
+reuses) the scan, narrows the space if asked, and enqueues the seed trials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from compresstune.artifact import to_bytes
+from compresstune.compress import apply
+from compresstune.data import Split
+from compresstune.objectives import evaluate
+from compresstune.plan import CompressionPlan, LayerPlan
+
+__all__ = ["SCHEMA_VERSION", "before_search", "cache_key", "format_table", "load_or_scan", "scan", "scan_study",
+           "units"]
+
+SCHEMA_VERSION = 1
+CACHE_FILE = "sensitivity.json"
+_LABEL = {"sparsity": "sparsity", "bits": "bits", "rank_fraction": "rank"}
+
+
+def units(space) -> list[tuple[str, tuple[str, ...]]]:
+    """The searched units of a space, in model order: ``(prefix, member layers)``.
+
+    A unit is a layer with at least one searched knob, or a group; its prefix
+    names its parameters (``"<prefix>:bits"``).
+    """
+    groups = space.groups
+    seen: list[str] = []
+    for name in space.param_names:
+        prefix = name.rsplit(":", 1)[0]
+        if prefix != "distill" and prefix not in seen:
+            seen.append(prefix)
+    return [(p, tuple(groups.get(p, (p,)))) for p in seen]
+
+
+def _settings(cfg) -> list[tuple[str, Any]]:
+    return ([("sparsity", float(s)) for s in cfg.sparsity] + [("bits", int(b)) for b in cfg.bits]
+            + [("rank_fraction", float(r)) for r in cfg.rank_fraction])
+
+
+def _label(knob: str, value: Any) -> str:
+    return f"{_LABEL[knob]} {value:g}"
+
+
+def _layer_plan(info, knob: str, value: Any) -> LayerPlan | None:
+    """The plan compressing one layer with one knob, or None when the layer cannot take it."""
+    if knob == "sparsity":
+        return None if "prune" in info.refused else LayerPlan(sparsity=value)
+    if knob == "bits":
+        return None if "quantize" in info.refused else LayerPlan(bits=value)
+    rank = info.rank_for_fraction(value)
+    return None if rank is None else LayerPlan(rank=rank)
+
+
+def cache_key(fingerprint: str, baseline: dict, cfg, layers: list[str]) -> str:
+    """sha256 of what the scan depends on: the study fingerprint (model, data,
+    space, ...), the baseline's accuracy and packed size, the scanned levels and
+    subset size, and the scanned units."""
+    data = {"version": SCHEMA_VERSION, "fingerprint": fingerprint,
+            "baseline": {k: baseline.get(k) for k in ("val_accuracy", "packed_bytes", "reference_bytes")},
+            "levels": [[k, v] for k, v in _settings(cfg)], "examples": int(cfg.examples), "layers": list(layers)}
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def scan(model: nn.Module, val: Split, space, cfg, *, key: str = "", fingerprint: str = "",
+         log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Measure the sensitivity table (see the module docstring for its shape).
+
+    Args:
+        model: the trained baseline (left untouched).
+        val: the validation split; its first ``cfg.examples`` examples are used.
+        space: the study's :class:`~compresstune.spaces.Space` (which units to scan).
+        cfg: the ``sensitivity`` section of the study config.
+
+    Example:
+        >>> table = scan(model, splits.val, space, config.sensitivity)  # doctest: +SKIP
+        >>> table["layers"], table["settings"][:2]  # doctest: +SKIP
+        (['conv1', 'conv2', 'fc1', 'fc2'], ['sparsity 0.5', 'sparsity 0.7'])
+    """
+    t0 = time.perf_counter()
+    n = min(int(cfg.examples), len(val))
+    subset = Split(val.x[:n], val.y[:n])
+    batch = int(cfg.batch_size)
+    base_acc = evaluate(model, subset, batch_size=batch)
+    found = space.discovery
+    settings = _settings(cfg)
+    unit_list = units(space)
+    acc_rows, drop_rows = [], []
+    for prefix, members in unit_list:
+        acc_row, drop_row = [], []
+        for knob, value in settings:
+            layers = {}
+            for m in members:
+                lp = _layer_plan(found.layers[m], knob, value)
+                if lp is not None:
+                    layers[m] = lp
+            acc = None
+            if layers:
+                try:
+                    acc = evaluate(apply(model, CompressionPlan(layers)), subset, batch_size=batch)
+                except Exception as exc:  # noqa: BLE001 - a cell that cannot be built stays empty
+                    if log:
+                        log(f"sensitivity: {prefix} {_label(knob, value)} skipped ({type(exc).__name__}: {exc})")
+            acc_row.append(None if acc is None or not math.isfinite(acc) else float(acc))
+            drop_row.append(None if acc_row[-1] is None else float(base_acc - acc_row[-1]))
+        acc_rows.append(acc_row)
+        drop_rows.append(drop_row)
+    return {
+        "version": SCHEMA_VERSION, "key": key, "fingerprint": fingerprint, "examples": n,
+        "baseline_accuracy": float(base_acc), "layers": [p for p, _ in unit_list],
+        "members": {p: list(m) for p, m in unit_list}, "settings": [_label(k, v) for k, v in settings],
+        "knobs": [[k, v] for k, v in settings], "accuracy": acc_rows, "drop": drop_rows,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _read_cache(path: Path, key: str) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("key") == key else None
+
+
+def _write_cache(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def load_or_scan(config, out: Path, model: nn.Module, val: Split, space, baseline: dict, *,
+                 force: bool = False, log: Callable[[str], None] | None = None) -> tuple[dict, bool]:
+    """The scan from ``OUT/sensitivity.json`` when its key matches, else measured
+    and cached. Returns ``(scan, from_cache)``."""
+    cfg = config.sensitivity
+    key = cache_key(config.fingerprint(), baseline, cfg, [p for p, _ in units(space)])
+    path = Path(out) / CACHE_FILE
+    if not force:
+        cached = _read_cache(path, key)
+        if cached is not None:
+            return cached, True
+    data = scan(model, val, space, cfg, key=key, fingerprint=config.fingerprint(), log=log)
+    _write_cache(path, data)
+    return data, False
+
+
+# -- the controller's hook ------------------------------------------------------------------------------
+
+def before_search(session) -> None:
+    """Run before the first trial of ``run`` (both executors): the sensitivity
+    scan (reused from the study or the cache when its key matches), narrowing
+    (decided for a new study, re-applied from the study on resume), the
+    ``max_bops`` constraint name, and the seed trials (a new study only; at most
+    half of ``search.trials``, spread over the ratios, so the sampler always gets
+    a share)."""
+    from compresstune.search import _seeds
+
+    config, study, log = session.config, session.study, session.log
+    cfg = config.sensitivity
+    new = len(study.get_trials(deepcopy=False)) == 0
+    attrs = study.user_attrs
+    if new and config.constraints.max_bops is not None:
+        names = list(attrs.get("constraint_names") or [])
+        if "max_bops" not in names:
+            study.set_user_attr("constraint_names", names + ["max_bops"])
+    table = None
+    if cfg.enabled:
+        baseline = attrs.get("baseline") or {}
+        key = cache_key(config.fingerprint(), baseline, cfg, [p for p, _ in units(session.space)])
+        stored = attrs.get("sensitivity")
+        if isinstance(stored, dict) and stored.get("key") == key:
+            table = stored
+        else:
+            table, cached = load_or_scan(config, session.out, session.context.model, session.context.splits.val,
+                                         session.space, baseline, log=log)
+            study.set_user_attr("sensitivity", table)
+            log(f"sensitivity scan: {len(table['layers'])} layers x {len(table['settings'])} settings on "
+                f"{table['examples']} validation examples"
+                + (" (from the cache)" if cached else f" ({table['seconds']:.1f} s)"))
+    narrowing = attrs.get("narrowing")
+    if narrowing is None and new and table is not None and cfg.narrow:
+        narrowing = _seeds.narrowing(session.space, table, cliff=cfg.cliff)
+        study.set_user_attr("narrowing", narrowing)
+        if narrowing:
+            log(f"narrowed the space where the scan shows a cliff: {_seeds.describe_narrowing(narrowing)}")
+    if narrowing:
+        session.space = _seeds.narrowed_space(config, session.context.model, narrowing)
+    if new and table is not None and cfg.seed_ratios:
+        t0 = time.perf_counter()
+        ratios = _seeds.spread(cfg.seed_ratios, max(1, config.search.trials // 2))
+        seeds = _seeds.plan_seeds(session.space, session.context.model, table, ratios=ratios,
+                                  reference_bytes=int(attrs["baseline"]["reference_bytes"]))
+        _seeds.enqueue(study, seeds)
+        study.set_user_attr("seed_seconds", round(time.perf_counter() - t0, 3))
+        shown = ", ".join(f"{s.target_ratio:g}x->{s.ratio:.1f}x" for s in seeds)
+        log(f"seed trials enqueued: {len(seeds)} ({shown})")
+
+
+# -- `compresstune sensitivity STUDY` ------------------------------------------------------------------------
+
+def scan_study(config, *, force: bool = False, log: Callable[[str], None] = print) -> tuple[dict, Path, bool]:
+    """The scan of a study config without running it: loads data and baseline
+    (cached as ``run`` does), scans (or reads ``OUT/sensitivity.json``), and stores
+    it in the study's user attrs when the study already exists with the same
+    config. Returns ``(scan, path of the JSON, from_cache)``.
+
+    Example:
+        >>> table, path, cached = scan_study(load_config("studies/digits.yaml"))  # doctest: +SKIP
+    """
+    from compresstune.artifact import reference_size
+    from compresstune.search._controller import load_data_and_model
+    from compresstune.spaces import Space
+
+    out = Path(config.search.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    splits, model = load_data_and_model(config, out)
+    space = Space.from_config(config.space, model)
+    baseline = {"val_accuracy": evaluate(model, splits.val, batch_size=config.finetune.eval_batch_size),
+                "packed_bytes": len(to_bytes(model)), "reference_bytes": reference_size(model)}
+    study = _existing_study(config, out)
+    if study is not None and isinstance(study.user_attrs.get("baseline"), dict):
+        baseline = study.user_attrs["baseline"]  # the key `run` computes on resume
+    table, cached = load_or_scan(config, out, model, splits.val, space, baseline, force=force, log=log)
+    if study is not None and study.user_attrs.get("sensitivity", {}).get("key") != table["key"]:
+        study.set_user_attr("sensitivity", table)
+        log(f"stored in study {study.study_name!r}")
+    return table, out / CACHE_FILE, cached
+
+
+def _existing_study(config, out: Path):
+    """The study in OUT when it exists and has the same config fingerprint, else None."""
+    from compresstune.search._storage import load_study
+
+    try:
+        study = load_study(out)
+    except Exception:  # noqa: BLE001 - no study yet: the scan is only cached
+        return None
+    return study if study.user_attrs.get("fingerprint") == config.fingerprint() else None
+
+
+def format_table(table: dict) -> str:
+    """The drops as a text table: one row per layer, one column per setting.
+
+    Example:
+        >>> print(format_table({"layers": ["fc"], "settings": ["bits 2"], "drop": [[0.1234]],
+        ...                     "examples": 100, "baseline_accuracy": 0.9}))
+        accuracy drop without fine-tuning (100 validation examples, baseline 0.9000)
+        layer  bits 2
+        fc     0.123
+    """
+    head = ["layer", *table["settings"]]
+    rows = [[layer, *("-" if v is None else f"{v:.3f}" for v in drops)]
+            for layer, drops in zip(table["layers"], table["drop"])]
+    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
+    title = (f"accuracy drop without fine-tuning ({table['examples']} validation examples, "
+             f"baseline {table['baseline_accuracy']:.4f})")
+    return "\n".join([title, *lines])
