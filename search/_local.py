@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from compresstune.search._controller import Session, counts, record
 from compresstune.search._early_stop import TrialHooks
 from compresstune.search._progress import Progress
-from compresstune.search._storage import SearchError
+from compresstune.search._storage import SearchError, repair_interrupted, requeue
 from compresstune.search._trial import TrialOutcome, run_trial
 
 __all__ = ["run_local"]
@@ -34,6 +34,11 @@ def run_local(session: Session, *, progress: bool = True) -> None:
                 raise SearchError(_too_many_failures(study, c["failed"]))
             _one_trial(session, hooks)
             bar.update()
+    except KeyboardInterrupt:
+        # An interrupt can land between ask() and the trial's own handler (or inside
+        # record()): whatever this driver left RUNNING is failed and queued again.
+        repair_interrupted(study, session.driver)
+        raise
     finally:
         bar.close()
 
@@ -49,8 +54,7 @@ def _one_trial(session: Session, hooks: TrialHooks | None = None) -> None:
         _finish_suggest(session, trial)
         outcome = TrialOutcome("fail", fail_reason="interrupted: stopped by the user (Ctrl-C or SIGTERM)")
         record(study, trial, outcome, session.out)
-        seed = {k: v for k, v in trial.user_attrs.items() if k.startswith("seed_")}  # a seed trial stays one
-        study.enqueue_trial(trial.params, user_attrs={"requeued_from": trial.number, **seed}, skip_if_exists=False)
+        requeue(study, study._storage.get_trial(trial._trial_id))
         raise
     except Exception as exc:  # noqa: BLE001 - the space itself failed: record, go on
         outcome = TrialOutcome("fail", fail_reason=f"{type(exc).__name__}: {exc}")

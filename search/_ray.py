@@ -71,7 +71,7 @@ from compresstune.search._controller import Session, record
 from compresstune.search._early_stop import Budgets, run_checked
 from compresstune.search._local import _too_many_failures
 from compresstune.search._progress import Progress
-from compresstune.search._storage import SearchError
+from compresstune.search._storage import SearchError, requeue
 from compresstune.search._trial import TrialContext, TrialOutcome, run_trial
 
 __all__ = ["WORKER_RETRIES", "run_ray"]
@@ -390,11 +390,8 @@ class StudySearcher(_DriverOnly, Searcher):
         frozen = self.study._storage.get_trial(trial._trial_id)
         if frozen.state != TrialState.RUNNING:
             return  # recorded already (the interruption came after the tell)
-        # A queued trial (a seed, a requeue) interrupted before its space drew every
-        # parameter keeps the ones it was queued with.
-        params = {**frozen.system_attrs.get("fixed_params", {}), **frozen.params}
         record(self.study, trial, TrialOutcome("fail", fail_reason=reason), self.session.out)
-        self.study.enqueue_trial(params, user_attrs={"requeued_from": trial.number}, skip_if_exists=False)
+        requeue(self.study, frozen)
 
     def interrupt_all(self, reason: str) -> list[int]:
         """Interrupt every trial still in flight; returns their numbers."""

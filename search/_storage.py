@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from compresstune.errors import CompressTuneError
 
 __all__ = ["RunLock", "SearchError", "StudyPointer", "default_storage", "driver_id", "open_storage",
-           "read_pointer", "repair_interrupted", "write_pointer"]
+           "read_pointer", "repair_interrupted", "requeue", "write_pointer"]
 
 POINTER = "study.json"
 
@@ -117,6 +117,15 @@ def repair_interrupted(study: optuna.Study, driver: str) -> list[int]:
             continue
         storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted: the driver stopped while it ran")
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number}, skip_if_exists=False)
+        requeue(study, t)
         repaired.append(t.number)
     return repaired
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue an interrupted trial's parameters again. A queued trial (a seed, an earlier
+    requeue) stopped before its space drew every parameter keeps the ones it was queued
+    with, and a seed trial stays marked as one."""
+    params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+    keep = {k: v for k, v in trial.user_attrs.items() if k.startswith("seed_")}
+    study.enqueue_trial(params, user_attrs={"requeued_from": trial.number, **keep}, skip_if_exists=False)

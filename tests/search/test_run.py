@@ -260,8 +260,10 @@ def test_interrupt_then_resume_finishes_exactly_the_requested_count(tmp_path: Pa
     assert not any(t.state == TrialState.RUNNING for t in after)
     interrupted = [t for t in after if t.state == TrialState.FAIL]
     assert all(t.user_attrs["fail_reason"].startswith("interrupted") for t in interrupted)
-    for t in interrupted:  # its parameters were queued again and ran to completion
-        assert any(u.params == t.params and u.state == TrialState.COMPLETE for u in after if u.number > t.number)
+    for t in interrupted:  # its parameters (drawn, or queued for it) were queued again and ran to completion
+        wanted = {**t.system_attrs.get("fixed_params", {}), **t.params}
+        assert wanted, "an interrupted trial must carry the parameters to retry"
+        assert any(u.params == wanted and u.state == TrialState.COMPLETE for u in after if u.number > t.number)
 
 
 def test_a_second_driver_on_the_same_folder_is_refused(tmp_path: Path) -> None:
