@@ -76,9 +76,10 @@ def bit_operations(model: nn.Module, example: torch.Tensor, *, activation_bits: 
         def hook(mod, inputs, output):
             nonlocal total
             out = output[0] if isinstance(output, tuple) else output
-            positions = out.numel() / out.shape[0] / getattr(mod, param_name).shape[0] if param_name == "weight" else 0
+            rows = getattr(mod, param_name).shape[0]
+            positions = out.numel() / out.shape[0] / rows  # output positions per example
             per_row, bits = _weight_cost(mod, param_name)
-            total += positions * getattr(mod, param_name).shape[0] * per_row * bits * activation_bits
+            total += positions * rows * per_row * bits * activation_bits
         return hook
 
     def attention(mod, inputs, output):
