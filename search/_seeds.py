@@ -60,6 +60,9 @@ _KNOBS = ("sparsity", "bits", "rank_fraction")
 _EPS = 1e-4  # cost floor: among moves the scan calls free, the one saving most goes first
 _BAND = 1.10  # a seed lands in [target, 1.1 x target] when its space allows
 _RECORD_BYTES = 100.0  # what a coded weight adds to the (compressed) header, measured
+# The artifact's header holds the plan, with the distillation temperature and alpha the
+# sampler picks for a seed (longer floats than the 4.0 / 0.5 used here): room for them.
+_HEADER_SLACK = 48
 
 
 @dataclass
@@ -359,7 +362,7 @@ def plan_seeds(space, model: nn.Module, scan: dict, *, ratios, reference_bytes: 
     seeds: list[Seed] = []
     seen: set[tuple] = set()
     for target in targets:
-        budget = reference_bytes / target
+        budget = reference_bytes / target - _HEADER_SLACK
         fits = lambda params: sizer.real(params) <= budget  # noqa: E731
         k, chosen = _hit(units_, path, distill, fits)
         reached = chosen is not None

@@ -143,6 +143,8 @@ def test_seeds_are_enqueued_once_across_a_resume_and_narrowing_is_restored(digit
     for t in seeds:  # per-layer knobs fixed; the distillation settings are left to the sampler
         fixed = t.system_attrs["fixed_params"]
         assert fixed and not [k for k in fixed if k.startswith("distill:")] and "distill:alpha" in t.params
+        # the trial's own packed size (its header holds the sampler's floats) still reaches the target
+        assert t.user_attrs["seed_target_ratio"] <= t.user_attrs["ratio"] <= 1.1 * t.user_attrs["seed_target_ratio"]
     assert any(line.startswith("seed trials enqueued: 2") for line in first_log)
     attrs = study.user_attrs
     assert attrs["sensitivity"]["layers"] == ["conv1", "conv2", "fc1", "fc2"] and len(attrs["seed_trials"]) == 2
