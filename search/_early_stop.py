@@ -270,12 +270,21 @@ class Preflight:
 
     size_bytes: int
     bops: float | None = None
+    latency_ms: float | None = None
     over: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    def extra_value(self, objective: str | None) -> float | None:
+        """The value of the study's third objective, when it was measured here."""
+        return {"bops": self.bops, "latency": self.latency_ms}.get(objective) if objective else None
 
-def preflight(plan, ctx: TrialContext, budgets: Budgets = Budgets()) -> Preflight:
+
+def preflight(plan, ctx: TrialContext, budgets: Budgets = Budgets(), *, latency: bool = False) -> Preflight:
     """Apply the plan once and measure what needs no training.
+
+    With ``latency=True`` and a latency objective, latency is measured too: it
+    depends on the shapes and bit-widths of the plan, not on the weights that
+    fine-tuning changes (the Ray driver needs it to record a stopped trial).
 
     Example:
         >>> pre = preflight(plan, ctx, Budgets(max_bops=1e9))  # doctest: +SKIP
@@ -283,13 +292,17 @@ def preflight(plan, ctx: TrialContext, budgets: Budgets = Budgets()) -> Prefligh
     """
     from compresstune.artifact import to_bytes
     from compresstune.compress import apply
-    from compresstune.objectives import bit_operations
+    from compresstune.objectives import bit_operations, latency_ms
 
     t0 = time.perf_counter()
     student = apply(ctx.model, plan)
     out = Preflight(size_bytes=len(to_bytes(student)))
     if budgets.max_bops is not None or ctx.settings.extra_objective == "bops":
         out.bops = float(bit_operations(student, ctx.splits.val.x[:1], activation_bits=budgets.activation_bits))
+    if latency and ctx.settings.extra_objective == "latency":
+        s = ctx.settings
+        out.latency_ms = float(latency_ms(student, ctx.splits.val.x[:1], batch_size=s.latency_batch_size,
+                                          repeats=s.latency_repeats, warmup=s.latency_warmup))
     if budgets.max_bops is not None and out.bops > budgets.max_bops:
         out.over.append("max_bops")
     out.seconds = time.perf_counter() - t0

@@ -68,9 +68,11 @@ from ray.tune.search import Searcher
 from compresstune.data import Split
 from compresstune.plan import CompressionPlan
 from compresstune.search._controller import Session, record
-from compresstune.search._early_stop import Budgets, run_checked
+from compresstune.search._early_stop import (ACCURACY_KEY, STEP_KEY, Budgets, RungTable, StopRule, preflight,
+                                             run_checked, rung_result, stopped_outcome)
 from compresstune.search._local import _too_many_failures
 from compresstune.search._progress import Progress
+from compresstune.search._ray_stop import ParetoStopScheduler
 from compresstune.search._storage import SearchError, requeue
 from compresstune.search._trial import TrialContext, TrialOutcome, run_trial
 
@@ -162,8 +164,13 @@ def _worker_info() -> dict[str, Any]:
 
 
 def execute(config: dict, context: _SharedContext | TrialContext, cpus: float = 1.0,
-            gate: tuple | None = None, budgets: Budgets | None = None) -> dict[str, Any]:
+            gate: tuple | None = None, budgets: Budgets | None = None, rungs: bool = False) -> dict[str, Any]:
     """Run one trial in this process and return what goes back to the driver.
+
+    With ``rungs=True`` (early stopping; only inside a Tune trial) every fine-tune
+    rung is reported with ``tune.report`` for :class:`ParetoStopScheduler`; when it
+    stops the trial, Tune ends this thread at that report and the driver records
+    the trial from its last rung.
 
     Never raises for a failing trial: the outcome says FAIL and why. Only the death
     of the process itself reaches Ray Tune (and is retried).
@@ -178,9 +185,7 @@ def execute(config: dict, context: _SharedContext | TrialContext, cpus: float = 
             worker["device"] = str(device)
         ctx = context.get(device) if isinstance(context, _SharedContext) else _to_device(context, device)
         plan = CompressionPlan.from_json(config["plan"])
-        # The budgets the in-process loop checks before training (search/_early_stop.py).
-        outcome = run_checked(plan, ctx, budgets=budgets) if budgets is not None and budgets.any \
-            else run_trial(plan, ctx)
+        outcome = _run_plan(plan, ctx, budgets or Budgets(), worker if rungs else None)
     except MemoryError:
         outcome = TrialOutcome("fail", fail_reason="MemoryError: the trial ran out of memory")
     except Exception as exc:  # noqa: BLE001 - e.g. a study module that does not import on this node
@@ -196,6 +201,25 @@ def execute(config: dict, context: _SharedContext | TrialContext, cpus: float = 
     return metrics
 
 
+def _run_plan(plan: CompressionPlan, ctx: TrialContext, budgets: Budgets, rung_worker: dict | None) -> TrialOutcome:
+    """The trial, with the budgets the in-process loop checks before training
+    (search/_early_stop.py) and, given ``rung_worker``, rung reports to Tune."""
+    if rung_worker is None:
+        return run_checked(plan, ctx, budgets=budgets) if budgets.any else run_trial(plan, ctx)
+    try:
+        pre = preflight(plan, ctx, budgets, latency=True)
+    except Exception:  # noqa: BLE001 - run_checked fails the trial with run_trial's own message
+        return run_checked(plan, ctx, budgets=budgets)
+    # What the driver needs to record the trial should the scheduler stop it here.
+    known = {"bops": pre.bops, "extra_value": pre.extra_value(ctx.settings.extra_objective)}
+    known = {k: v for k, v in known.items() if v is not None}
+
+    def on_rung(step: int, accuracy: float, size_bytes: int) -> None:
+        tune.report(rung_result(step, accuracy, size_bytes, worker=rung_worker, **known))
+
+    return run_checked(plan, ctx, budgets=budgets, on_rung=on_rung, pre=pre)
+
+
 def _pass_gate(gate: tuple | None, worker: dict) -> None:
     try:
         _wait_for_peers(gate, worker)
@@ -205,8 +229,8 @@ def _pass_gate(gate: tuple | None, worker: dict) -> None:
 
 def _trainable(config: dict, shared: tuple = ()) -> None:
     # One object from the store per trial (with_parameters fetches each keyword separately).
-    context, cpus, gate, budgets = shared
-    tune.report(execute(config, context, cpus, gate, budgets))
+    context, cpus, gate, budgets, rungs = shared
+    tune.report(execute(config, context, cpus, gate, budgets, rungs))
 
 
 GATE_TIMEOUT_S = 60.0
@@ -297,8 +321,12 @@ class StudySearcher(_DriverOnly, Searcher):
     outcome with the controller's ``record``.
     """
 
-    def __init__(self, session: Session, *, bar: Progress | None = None, refresh_s: float = 1.0) -> None:
+    def __init__(self, session: Session, *, bar: Progress | None = None, refresh_s: float = 1.0,
+                 scheduler: ParetoStopScheduler | None = None) -> None:
         super().__init__(metric=None, mode=None)
+        self.scheduler = scheduler
+        self.plans: dict[str, str] = {}
+        self.rungs: dict[str, dict[int, float]] = {}
         self.session, self.study = session, session.study
         self.target = session.config.search.trials
         self.max_failures = session.config.search.max_failures
@@ -336,10 +364,11 @@ class StudySearcher(_DriverOnly, Searcher):
             self.live.pop(trial_id)
             self._record(trial, TrialOutcome("fail", fail_reason=f"{type(exc).__name__}: {exc}"))
             return None
-        return {"number": trial.number, "plan": plan.to_json()}
+        self.plans[trial_id] = plan.to_json()
+        return {"number": trial.number, "plan": self.plans[trial_id]}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        pass
+        self._add_rung(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         trial = self.live.pop(trial_id, None)
@@ -347,6 +376,13 @@ class StudySearcher(_DriverOnly, Searcher):
             return
         blob = self.outcomes.pop(trial_id, None)
         worker = self.workers.pop(trial_id, None)
+        plan_json = self.plans.pop(trial_id, None)
+        self._add_rung(trial_id, result or {})
+        curve = sorted(self.rungs.pop(trial_id, {}).items())
+        decision = self.scheduler.decisions.get(trial.number) if self.scheduler is not None else None
+        if blob is None and decision is not None and not error:
+            self._record(trial, self._stopped(trial, decision, plan_json, curve, result or {}))
+            return
         if blob is None and self.error is not None and not error:
             # Stopped by us (too many failures) before it reported: run it again on resume.
             self._interrupt(trial, INTERRUPTED_BY_STOP)
@@ -368,6 +404,28 @@ class StudySearcher(_DriverOnly, Searcher):
         pass
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _add_rung(self, trial_id: str, result: dict) -> None:
+        if STEP_KEY in result and ACCURACY_KEY in result:
+            self.rungs.setdefault(trial_id, {})[int(result[STEP_KEY])] = float(result[ACCURACY_KEY])
+
+    def _stopped(self, trial: optuna.Trial, decision, plan_json: str | None, curve: list, result: dict) -> TrialOutcome:
+        """The record of a trial the scheduler stopped, from its rung reports (its worker
+        thread ended at the report, so this is all there is; test accuracy is unknown)."""
+        try:
+            outcome = stopped_outcome(
+                self.session.context.settings, plan_json=plan_json or "", size_bytes=int(result["size_bytes"]),
+                step=decision.step, accuracy=decision.accuracy, curve=[list(p) for p in curve],
+                extra_value=result.get("extra_value"), budgets=Budgets.from_config(self.session.config),
+                bops=result.get("bops"))
+        except (KeyError, TypeError, ValueError) as exc:
+            return TrialOutcome("fail", fail_reason=f"ray: stopped at rung {decision.step} but its report is "
+                                                    f"incomplete: {type(exc).__name__}: {exc}")
+        outcome.user_attrs["stopped_by"] = decision.as_attr()
+        worker = result.get("worker") or {k[len("worker/"):]: v for k, v in result.items() if k.startswith("worker/")}
+        if worker:
+            outcome.user_attrs["worker"] = worker
+        return outcome
+
     def _refresh(self) -> None:
         # Re-read the storage now and then: another driver may share the study.
         if time.monotonic() - self._refreshed >= self.refresh_s:
@@ -658,23 +716,23 @@ def run_ray(session: Session, *, progress: bool = True) -> None:
         return
     if failed >= cfg.max_failures:
         raise SearchError(_too_many_failures(study, failed))
-    if getattr(getattr(session.config, "early_stopping", None), "enabled", False):
-        session.log("ray: early_stopping is not applied to Ray trials yet; every trial runs its full fine-tune")
     with ray_cluster(session) as concurrency:
         bar = Progress(study, cfg.trials, enabled=progress, stream=sys.stderr)
-        searcher = StudySearcher(session, bar=bar)
+        scheduler = stop_scheduler(session)
+        searcher = StudySearcher(session, bar=bar, scheduler=scheduler)
         gate = _Gate.remote(concurrency)
-        trainable = tune.with_resources(
-            tune.with_parameters(_trainable, shared=(_SharedContext(session.context), res.cpus_per_trial,
-                                                     (gate, uuid.uuid4().hex), Budgets.from_config(session.config))),
-            {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
+        shared = (_SharedContext(session.context), res.cpus_per_trial, (gate, uuid.uuid4().hex),
+                  Budgets.from_config(session.config), scheduler is not None)
+        trainable = tune.with_resources(tune.with_parameters(_trainable, shared=shared),
+                                        {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
         # Tune's own experiment folder (driver side only): in the output folder, so that one left
         # by a killed driver is cleared by the next run rather than left in /tmp.
         storage = session.out / ".tune"
         shutil.rmtree(storage, ignore_errors=True)
         tuner = tune.Tuner(
             trainable,
-            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=-1, max_concurrent_trials=concurrency,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=-1,
+                                        max_concurrent_trials=concurrency,
                                         reuse_actors=True, trial_name_creator=_trial_name,
                                         trial_dirname_creator=_trial_name),
             run_config=tune.RunConfig(name="compresstune", storage_path=str(storage), verbose=0,
@@ -698,6 +756,20 @@ def run_ray(session: Session, *, progress: bool = True) -> None:
         if leftovers:  # Tune ended with trials unrecorded (it should not): say so rather than stop short silently
             raise SearchError(f"Ray Tune stopped with trials {leftovers} unfinished; they are queued again — "
                               "run the same command to resume.")
+
+
+def _optuna_number(trial) -> Any:
+    return trial.config.get("number")
+
+
+def stop_scheduler(session: Session) -> ParetoStopScheduler | None:
+    """The early-stopping scheduler of the study (None when ``early_stopping`` is off); its
+    rung table starts from the study's recorded trials, keyed like them by trial number."""
+    if not session.config.early_stopping.enabled:
+        return None
+    rule = StopRule.from_config(session.config, n_val=len(session.context.splits.val))
+    table = RungTable.from_trials(session.study.get_trials(deepcopy=False))
+    return ParetoStopScheduler(rule=rule, table=table, key_of=_optuna_number)
 
 
 # Ctrl-C must raise KeyboardInterrupt (as in the in-process loop), not end Tune "gracefully";

@@ -238,7 +238,7 @@ def test_stopped_outcome_for_the_ray_driver() -> None:
 
 # -- a real run on digits --------------------------------------------------------------------------------
 
-def _study_file(folder: Path, shared_cache: Path, *, trials: int) -> Path:
+def _study_file(folder: Path, shared_cache: Path, *, trials: int, workers: int = 0) -> Path:
     out = folder / "out"
     out.mkdir(parents=True, exist_ok=True)
     (out / "cache").symlink_to(shared_cache, target_is_directory=True)
@@ -253,7 +253,7 @@ def _study_file(folder: Path, shared_cache: Path, *, trials: int) -> Path:
           rank_fraction: [0.5, 1.0]
         finetune: {{steps: 15, batch_size: 32, eval_every: 5}}
         constraints: {{max_accuracy_drop: 0.05}}
-        search: {{trials: {trials}, seed: 1, out: "{out}"}}
+        search: {{trials: {trials}, seed: 1, out: "{out}", workers: {workers}}}
         sensitivity: {{seed_ratios: [8, 16]}}
         early_stopping: {{enabled: true, margin_se: 2.0}}
         """))
@@ -303,3 +303,30 @@ def test_a_real_run_stops_a_dominated_trial_and_keeps_it_off_the_front(tmp_path:
     assert all(t.user_attrs["rungs"][-1][0] == 15 for t in full)
     assert len(RungTable.from_trials(trials).at(5)) == 4
     assert TrialHooks.for_session(session).table.at(5).keys() == {t.number for t in trials}
+
+
+@pytest.mark.ray
+def test_on_ray_the_scheduler_stops_the_same_dominated_trial(tmp_path: Path, digits_cache: Path) -> None:
+    """The run above on one Ray worker: the same trial is stopped, by the Tune scheduler."""
+    pytest.importorskip("ray.tune")
+    from compresstune.config import load_config
+    from compresstune.search._controller import prepare
+    from compresstune.search._ray import run_ray
+    from compresstune.search.pareto import front
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = load_config(_study_file(tmp_path, digits_cache, trials=4, workers=1))
+    session = prepare(cfg, Path(cfg.search.out), log=lambda m: None)
+    bad = session.space.uniform_params(0.0, 32, None)
+    bad["conv1:sparsity"] = 0.9
+    session.study.enqueue_trial(bad)
+    run_ray(session, progress=False)
+    trials = session.study.get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    stopped = [t for t in trials if t.user_attrs.get("stopped_at_rung") is not None]
+    assert 2 in {t.number for t in stopped}
+    for t in stopped:
+        rung = t.user_attrs["stopped_at_rung"]
+        assert rung < 15 and t.constraints["stopped"] == 1.0 and t.values[0] == t.user_attrs["curve"][-1][1]
+        assert t.user_attrs["stopped_by"]["by_accuracy"] > t.values[0] and "worker" in t.user_attrs
+    assert not set(front(session.study)["number"]) & {t.number for t in stopped}

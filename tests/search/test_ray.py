@@ -227,6 +227,45 @@ def test_the_searcher_matches_the_local_loop_for_budget_rejections(tmp_path):
     assert "artifact" not in t.user_attrs and t.values == expected.values
 
 
+def test_a_trial_the_scheduler_stops_is_recorded_complete_from_its_rungs(tmp_path):
+    from compresstune.search._early_stop import StopRule, rung_result
+    from compresstune.search._ray_stop import ParetoStopScheduler
+
+    session = make_session(tmp_path, trials=3)
+    scheduler = ParetoStopScheduler(rule=StopRule(n_val=len(session.context.splits.val), final_step=4),
+                                    key_of=_ray._optuna_number)
+    searcher = _ray.StudySearcher(session, scheduler=scheduler)
+    a, b = searcher.suggest("a"), searcher.suggest("b")
+    tune_a, tune_b = SimpleNamespace(trial_id="a", config=a), SimpleNamespace(trial_id="b", config=b)
+    assert scheduler.on_trial_result(None, tune_a, rung_result(2, 0.95, 500)) == "CONTINUE"
+    searcher.on_trial_result("a", rung_result(2, 0.95, 500))
+    result = {**rung_result(2, 0.40, 900), "worker/pid": 11, "done": True}  # flattened, as Tune passes it
+    assert scheduler.on_trial_result(None, tune_b, result) == "STOP"
+    searcher.on_trial_complete("b", result=result)
+
+    t = session.study.get_trials()[b["number"]]
+    assert t.state == TrialState.COMPLETE and t.values == [0.40, 900.0]
+    assert t.constraints["stopped"] == 1.0 and t.user_attrs["stopped_at_rung"] == 2
+    assert t.user_attrs["curve"] == [[2, 0.40]] and t.user_attrs["plan"] == b["plan"]
+    assert t.user_attrs["stopped_by"]["by"] == a["number"] and t.user_attrs["worker"] == {"pid": 11}
+    assert t.user_attrs["test_accuracy"] is None and "artifact" not in t.user_attrs
+    assert searcher.complete == 1  # it counts toward search.trials: one more trial, then wait
+    assert searcher.suggest("c")["number"] == 2 and searcher.suggest("d") is None
+
+
+def test_rungs_are_reported_to_tune_only_inside_a_tune_trial(tmp_path, monkeypatch):
+    session = make_session(tmp_path, trials=1)
+    reports = []
+    monkeypatch.setattr(_ray.tune, "report", lambda metrics: reports.append(metrics))
+    config = {"number": 0, "plan": CompressionPlan.uniform(session.context.model, bits=8).to_json()}
+    out = _ray.execute(config, session.context, rungs=True)
+    assert [r["rung_step"] for r in reports] == [2] and reports[0]["size_bytes"] == out["size_bytes"]
+    assert reports[0]["worker"]["pid"] == os.getpid() and out["complete"]
+    reports.clear()
+    _ray.execute(config, session.context)
+    assert reports == []
+
+
 def test_too_many_failures_stop_the_search_and_interrupt_the_rest(tmp_path):
     session = make_session(tmp_path, trials=5, max_failures=2)
     searcher = _ray.StudySearcher(session)
