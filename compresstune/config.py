@@ -27,7 +27,7 @@ objectives, the recovery fine-tune and the search settings::
     constraints: {max_accuracy_drop: 0.02}
     search: {sampler: tpe, trials: 40, seed: 0}
     sensitivity: {enabled: true, seed_ratios: [4, 8, 16, 32, 64]}
-    early_stopping: {enabled: false, margin_se: 2.0, rung_slack: 0.1, grace: 0.5}
+    early_stopping: {enabled: false, margin_se: 2.0, rung_slack: 0.5, grace: 0.0}
 
 Knobs. ``sparsity``, ``temperature`` and ``alpha`` take a range
 ``{low, high, step, log}`` or a plain number (fixed: no parameter is searched).
@@ -545,13 +545,17 @@ class EarlyStoppingConfig(_Frozen):
     """Pareto-aware early stopping of the recovery fine-tune.
 
     At every ``finetune.eval_every`` step (a rung) a trial is stopped when
-    another trial no larger than it reached, at the same rung, a validation
-    accuracy higher by more than a margin: ``margin_se`` binomial standard
-    errors (``sqrt(p(1-p)/n_val)``, evaluation noise), plus ``rung_slack`` times
-    the fraction of the fine-tune still to run (early rungs predict the final
-    accuracy less well), plus ``min_margin``. No trial is stopped before a
-    fraction ``grace`` of the fine-tune steps, nor at the last step. A stopped
-    trial is recorded with its rung accuracy and kept off the front.
+    another trial no larger than it reached, by the same rung, a best
+    validation accuracy higher by more than a margin: ``margin_se`` binomial
+    standard errors (``sqrt(p(1-p)/n_val)``, evaluation noise), plus
+    ``rung_slack`` times the fraction of the fine-tune still to run times the
+    error ``1 - p`` (early rungs predict the final accuracy less well), plus
+    ``min_margin``. No trial is stopped before a fraction ``grace`` of the
+    fine-tune steps, nor at the last step. A stopped trial is recorded with its
+    rung accuracy and kept off the front. More rungs (a smaller
+    ``finetune.eval_every``) let it stop bad trials sooner; each costs one
+    evaluation of the validation split. The defaults were chosen on the curves
+    of plain searches (see search/_early_stop.py and BENCHMARKS.md).
 
     Example:
         >>> EarlyStoppingConfig(enabled=True).margin_se
@@ -560,9 +564,9 @@ class EarlyStoppingConfig(_Frozen):
 
     enabled: StrictBool = False
     margin_se: Num = Field(2.0, ge=0)
-    rung_slack: Num = Field(0.1, ge=0, le=1)
+    rung_slack: Num = Field(0.5, ge=0, le=1)
     min_margin: Num = Field(0.0, ge=0, le=1)
-    grace: Num = Field(0.5, ge=0, le=1)
+    grace: Num = Field(0.0, ge=0, le=1)
 
 
 class StudyConfig(_Frozen):

@@ -5,22 +5,29 @@ Shared by the in-process loop and the Ray executor: the stopping rule is pure
 scheduler (:mod:`compresstune.search._ray_stop`) decide in exactly the same way.
 
 The rule. During the recovery fine-tune a trial reports its validation accuracy
-at rungs (every ``finetune.eval_every`` steps). At rung ``step`` of a fine-tune
-of ``final`` steps, a trial of packed size ``S`` and accuracy ``a`` is stopped
-when another trial of size ``<= S`` reached, at the same rung, an accuracy
-``b`` with::
+at rungs (every ``finetune.eval_every`` steps). A trial's entry at a rung is its
+best accuracy up to that rung (a fine-tune's accuracy dips and recovers: on
+digits one trial read 0.978 after 25 steps, 0.947 after 50 and 0.978 at the
+end). At rung ``step`` of a fine-tune of ``final`` steps, a trial of packed size
+``S`` and entry ``a`` is stopped when another trial of size ``<= S`` has, at
+the same rung, an entry ``b`` with::
 
-    b - a > margin_se * sqrt(p (1 - p) / n_val) + rung_slack * (1 - step / final) + min_margin
+    b - a > margin_se * sqrt(p (1 - p) / n_val) + rung_slack * (1 - step / final) * (1 - p) + min_margin
 
 with ``p = (a + b) / 2``: it is dominated at that rung by more than the
-evaluation noise of a binomial accuracy on ``n_val`` examples plus an allowance
-for what the rest of the fine-tune may still change (measured on digits: among
-trials that finished above 0.95, accuracy rose by up to 0.28 after a third of
-the fine-tune, by at most 0.04 after two thirds). Equal accuracies never
-dominate; NaN or infinite entries are ignored; a trial is never stopped before
-``min_step`` (the ``grace`` fraction of the steps) or at its last step (which
-would save nothing). Size is known before training
+evaluation noise of a binomial accuracy on ``n_val`` examples, plus an allowance
+for what the rest of the fine-tune may still change, taken as a share of the
+error still to recover (so it is wide for a trial at 50 % and narrow for one at
+98 %). Equal accuracies never dominate; NaN or infinite entries are ignored; a
+trial is never stopped before ``min_step`` (the ``grace`` fraction of the steps)
+or at its last step (which would save nothing). Size is known before training
 (the packed size depends only on the plan), so it never needs a rung.
+
+The defaults (2 standard errors, ``rung_slack`` 0.5, no grace) were chosen on
+the curves of plain searches (digits: 6 searches, LeNet-300-100: 3) as the
+setting that stopped no trial of their final fronts while saving the most
+fine-tune steps; BENCHMARKS.md ("Search efficiency") checks them on other
+searches by re-running the stopped trials to the end.
 
 Budgets before training. The size budget is checked by
 :func:`~compresstune.search._trial.run_trial`; :func:`run_checked` adds the
@@ -32,6 +39,7 @@ Example:
     >>> rule = StopRule(n_val=400, final_step=150)
     >>> table = RungTable()
     >>> table.add(0, step=50, size_bytes=1000, accuracy=0.95)
+    0.95
     >>> rule.decide(table, key=1, step=50, size_bytes=2000, accuracy=0.80).by
     0
     >>> rule.decide(table, key=1, step=50, size_bytes=900, accuracy=0.80) is None  # smaller: not dominated
@@ -90,37 +98,46 @@ def margin(a: float, b: float, n_val: int, *, margin_se: float = 2.0, min_margin
     ``margin_se`` binomial standard errors of an accuracy on ``n_val`` examples at
     ``p = (a + b) / 2`` (kept at least half an example away from 0 and 1, so a
     perfect score still has a margin), plus ``rung_slack`` times the
-    ``remaining`` fraction of the fine-tune, plus ``min_margin``.
+    ``remaining`` fraction of the fine-tune times the error ``1 - p``, plus
+    ``min_margin``.
 
     Example:
         >>> round(margin(0.9, 0.9, 100), 4)
         0.06
-        >>> round(margin(0.9, 0.9, 100, remaining=0.5, rung_slack=0.1), 4)
-        0.11
+        >>> round(margin(0.9, 0.9, 100, remaining=0.5, rung_slack=0.5), 4)
+        0.085
     """
     n = max(int(n_val), 1)
     p = min(max((a + b) / 2.0, 0.5 / n), 1.0 - 0.5 / n)
-    return margin_se * math.sqrt(p * (1.0 - p) / n) + rung_slack * max(0.0, remaining) + min_margin
+    slack = rung_slack * max(0.0, remaining) * (1.0 - p)
+    return margin_se * math.sqrt(p * (1.0 - p) / n) + slack + min_margin
 
 
 class RungTable:
-    """Accuracy of every trial at every rung: ``step -> {key: (size_bytes, accuracy)}``.
+    """Every trial's best accuracy up to each rung: ``step -> {key: (size_bytes, accuracy)}``.
 
-    Keys are anything hashable (the Optuna trial number locally, the Tune trial
-    id on Ray). A later report for the same key and step replaces the earlier.
+    Keys are anything hashable (the Optuna trial number in both executors). A
+    later report for the same key and step replaces the earlier.
 
     Example:
         >>> t = RungTable()
         >>> t.add("a", step=50, size_bytes=10, accuracy=0.9)
-        >>> t.at(50)
+        0.9
+        >>> t.add("a", step=100, size_bytes=10, accuracy=0.8)  # a dip: the entry keeps the best so far
+        0.9
+        >>> t.at(100)
         {'a': (10.0, 0.9)}
     """
 
     def __init__(self) -> None:
         self._rows: dict[int, dict[Hashable, tuple[float, float]]] = {}
 
-    def add(self, key: Hashable, *, step: int, size_bytes: float, accuracy: float) -> None:
-        self._rows.setdefault(int(step), {})[key] = (float(size_bytes), float(accuracy))
+    def add(self, key: Hashable, *, step: int, size_bytes: float, accuracy: float) -> float:
+        """Enter a rung report; returns the entry (the best accuracy of ``key`` up to ``step``)."""
+        earlier = [row[key][1] for s, row in self._rows.items() if s < int(step) and key in row]
+        best = max([float(accuracy), *(a for a in earlier if _finite(a))]) if _finite(accuracy) else float(accuracy)
+        self._rows.setdefault(int(step), {})[key] = (float(size_bytes), best)
+        return best
 
     def at(self, step: int) -> dict[Hashable, tuple[float, float]]:
         """The entries at one rung (a copy)."""
@@ -136,8 +153,8 @@ class RungTable:
     @classmethod
     def from_trials(cls, trials: Iterable[Any]) -> "RungTable":
         """Rebuild from recorded trials (resume): COMPLETE trials with a size and
-        their rung accuracies (user attr ``rungs`` written by the driver at each
-        rung, else the fine-tune ``curve``)."""
+        their rung accuracies (user attr ``rungs`` written by the in-process driver
+        at each rung, else the fine-tune ``curve``), in step order."""
         table = cls()
         for t in trials:
             if getattr(getattr(t, "state", None), "name", None) != "COMPLETE":
@@ -147,11 +164,13 @@ class RungTable:
             points = attrs.get("rungs") or attrs.get("curve") or []
             if not _finite(size):
                 continue
+            rows = []
             for point in points:
                 try:
-                    step, acc = int(point[0]), float(point[1])
+                    rows.append((int(point[0]), float(point[1])))
                 except (TypeError, ValueError, IndexError):
                     continue
+            for step, acc in sorted(rows):
                 table.add(t.number, step=step, size_bytes=size, accuracy=acc)
         return table
 
@@ -182,7 +201,8 @@ class StopRule:
         n_val: validation examples behind each rung accuracy.
         final_step: the fine-tune's last step; a trial is never stopped there.
         margin_se: the margin in binomial standard errors.
-        rung_slack: added margin per fraction of the fine-tune still to run.
+        rung_slack: added margin, as a share of the error ``1 - p`` per fraction of the
+            fine-tune still to run (the study config's default is 0.5).
         min_margin: an absolute accuracy margin added to it.
         min_step: no trial is stopped before this step (grace period).
     """
@@ -436,9 +456,9 @@ class TrialHooks:
         def on_rung(step: int, acc: float, size_bytes: int) -> None:
             rungs.append([step, acc])
             trial.set_user_attr("rungs", list(rungs))
+            best = self.table.add(trial.number, step=step, size_bytes=size_bytes, accuracy=acc)
             decision = self.rule.decide(self.table, key=trial.number, step=step, size_bytes=size_bytes,
-                                        accuracy=acc)
-            self.table.add(trial.number, step=step, size_bytes=size_bytes, accuracy=acc)
+                                        accuracy=best)
             if decision is not None:
                 trial.set_user_attr("stopped_by", decision.as_attr())
                 raise StopTrial(step, acc)

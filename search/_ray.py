@@ -414,7 +414,7 @@ class StudySearcher(_DriverOnly, Searcher):
         try:
             outcome = stopped_outcome(
                 self.session.context.settings, plan_json=plan_json or "", size_bytes=int(result["size_bytes"]),
-                step=decision.step, accuracy=decision.accuracy, curve=[list(p) for p in curve],
+                step=decision.step, accuracy=float(result[ACCURACY_KEY]), curve=[list(p) for p in curve],
                 extra_value=result.get("extra_value"), budgets=Budgets.from_config(self.session.config),
                 bops=result.get("bops"))
         except (KeyError, TypeError, ValueError) as exc:

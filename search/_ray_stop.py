@@ -75,8 +75,8 @@ class ParetoStopScheduler(FIFOScheduler):
             step, acc, size = int(result[step_key]), float(result[acc_key]), float(result[size_key])
         except (TypeError, ValueError):
             return TrialScheduler.CONTINUE
-        decision = self.rule.decide(self.table, key=key, step=step, size_bytes=size, accuracy=acc)
-        self.table.add(key, step=step, size_bytes=size, accuracy=acc)
+        best = self.table.add(key, step=step, size_bytes=size, accuracy=acc)
+        decision = self.rule.decide(self.table, key=key, step=step, size_bytes=size, accuracy=best)
         if decision is None:
             return TrialScheduler.CONTINUE
         self.decisions[key] = decision

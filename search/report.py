@@ -166,6 +166,10 @@ class ReportData(NamedTuple):
         started_at: ISO start time, or None.
         timing: wall_s, trials_total_s, trial_mean_s, trial_median_s and the
             mean of each phase.
+        sensitivity: the sensitivity scan's accuracy drops without fine-tuning
+            (rows = layers, columns = settings such as ``"bits 4"``), or None when
+            the study has no scan; ``.attrs`` holds ``examples`` and
+            ``baseline_accuracy``.
     """
 
     study_name: str
@@ -193,6 +197,7 @@ class ReportData(NamedTuple):
     machine: str | None
     started_at: str | None
     timing: dict[str, float]
+    sensitivity: pd.DataFrame | None = None
 
 
 def report_data(study: Any, *, study_dir: str | Path | None = None) -> ReportData:
@@ -248,7 +253,20 @@ def report_data(study: Any, *, study_dir: str | Path | None = None) -> ReportDat
         machine=_str_or_none(attrs.get("machine")),
         started_at=_str_or_none(attrs.get("started_at")),
         timing=_timing(trials),
+        sensitivity=_sensitivity(attrs.get("sensitivity")),
     )
+
+
+def _sensitivity(scan: Any) -> pd.DataFrame | None:
+    """The scan stored by search/_sensitivity.py as a layers x settings frame of drops."""
+    if not isinstance(scan, Mapping) or not scan.get("layers") or not scan.get("settings"):
+        return None
+    try:
+        frame = pd.DataFrame(scan["drop"], index=list(scan["layers"]), columns=list(scan["settings"]), dtype=float)
+    except (ValueError, TypeError):
+        return None
+    frame.attrs.update(examples=scan.get("examples"), baseline_accuracy=scan.get("baseline_accuracy"))
+    return frame
 
 
 def _direction_name(direction: Any) -> str:
@@ -525,6 +543,7 @@ def render_html(data: ReportData) -> str:
         _section("front", "Pareto front", _front_section(go, data)),
         _section("table", "Pareto trials", _table_html(data)),
         _section("layers", "Per-layer settings of the Pareto trials", _heatmap_section(go, data)),
+        _section("sensitivity", "Layer sensitivity", _sensitivity_section(go, data)),
         _section("hypervolume", "Hypervolume", _hypervolume_section(go, data)),
         _section("importance", "Parameter importance", _importance_section(go, data)),
         _section("run", "Run", _run_html(data)),
@@ -1007,6 +1026,30 @@ def _fig_heatmap(go, matrix: pd.DataFrame, knob: str, labels: list[str]) -> Any:
     fig.update_yaxes(autorange="reversed", automargin=True)
     fig.update_xaxes(side="bottom", tickangle=-30 if len(matrix.columns) > 8 else 0, automargin=True)
     return fig
+
+
+def _sensitivity_section(go, data: ReportData) -> str:
+    scan = data.sensitivity
+    if scan is None:
+        return ('<p class="note">No sensitivity scan in this study (<code>sensitivity.enabled: false</code>); '
+                '<code>compresstune sensitivity STUDY</code> measures one.</p>')
+    values = scan.to_numpy(dtype=float)
+    text = [["–" if not np.isfinite(v) else f"{v:+.3f}" for v in row] for row in values]
+    top = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
+    fig = go.Figure(go.Heatmap(
+        z=values, x=list(scan.columns), y=list(scan.index), text=text, texttemplate="%{text}", colorscale="Reds",
+        zmin=0.0, zmax=max(top, 1e-6), xgap=2, ygap=2, uid="heatmap-sensitivity", colorbar=dict(title="drop"),
+        hovertemplate="%{y} at %{x}: accuracy drop %{text}<extra></extra>",
+    ))  # fmt: skip
+    height = max(260, 130 + 30 * len(scan.index))
+    fig.update_layout(**_layout(go, height=min(height, 1400), margin=dict(l=160, r=30, t=30, b=80)))
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    fig.update_xaxes(side="bottom", tickangle=-30, automargin=True)
+    examples, base = scan.attrs.get("examples"), scan.attrs.get("baseline_accuracy")
+    note = (f"Validation accuracy lost by compressing one layer alone, without fine-tuning, on {_esc(examples)} "
+            f"validation examples (baseline {_fmt_acc(base)} on them); everything else untouched. The seed trials "
+            "spend compression where these drops are small. A dash: the layer cannot take that setting.")
+    return f'<p class="note">{note}</p><div class="plot">{_fig_html(fig, "fig-sensitivity")}</div>'
 
 
 def _importance_section(go, data: ReportData) -> str:

@@ -93,12 +93,30 @@ def test_never_at_the_last_step_nor_before_the_grace_period() -> None:
 
 
 def test_early_rungs_need_a_larger_gap() -> None:
-    slack = StopRule(n_val=N, final_step=150, rung_slack=0.3)
+    slack = StopRule(n_val=N, final_step=150, rung_slack=2.0)
     t = table((0, 50, 1000, 0.95), (0, 100, 1000, 0.95))
-    # 0.15 below: within the allowance 2/3 of the way from the end, beyond it 1/3 of the way.
+    # 0.15 below, with 12.5 % error left to recover: within the allowance 2/3 of the way
+    # from the end, beyond it 1/3 of the way.
     assert slack.decide(t, key=1, step=50, size_bytes=2000, accuracy=0.80) is None
     decision = slack.decide(t, key=1, step=100, size_bytes=2000, accuracy=0.80)
-    assert decision is not None and decision.margin == pytest.approx(margin(0.80, 0.95, N) + 0.1)
+    assert decision is not None
+    assert decision.margin == pytest.approx(margin(0.80, 0.95, N) + 2.0 * (1 / 3) * (1 - 0.875))
+
+
+def test_the_allowance_is_a_share_of_the_error_left() -> None:
+    # The same 0.03 gap two thirds of the way from the end: noise for a trial near 50 %,
+    # decisive for one near 98 % (n_val large, so the binomial term is small).
+    rule = StopRule(n_val=100_000, final_step=150, rung_slack=0.5)
+    assert rule.decide(table((0, 50, 10, 0.53)), key=1, step=50, size_bytes=20, accuracy=0.50) is None
+    assert rule.decide(table((0, 50, 10, 0.995)), key=1, step=50, size_bytes=20, accuracy=0.965) is not None
+
+
+def test_a_dip_after_a_good_rung_is_judged_on_the_best_so_far() -> None:
+    t = table((0, 25, 1000, 0.97), (0, 50, 1000, 0.97))
+    assert t.add(1, step=25, size_bytes=2000, accuracy=0.978) == 0.978
+    best = t.add(1, step=50, size_bytes=2000, accuracy=0.90)  # a dip
+    assert best == 0.978 and t.at(50)[1] == (2000.0, 0.978)
+    assert RULE.decide(t, key=1, step=50, size_bytes=2000, accuracy=best) is None
 
 
 def test_the_rule_of_a_config_maps_grace_to_a_step() -> None:
@@ -107,6 +125,7 @@ def test_the_rule_of_a_config_maps_grace_to_a_step() -> None:
     cfg = StudyConfig.from_dict({"model": {"factory": "m:f"}, "data": {"factory": "m:d"},
                                  "finetune": {"steps": 150, "eval_every": 50},
                                  "early_stopping": {"enabled": True, "grace": 0.5, "rung_slack": 0.2}})
+    assert StudyConfig.from_dict({"model": {"factory": "m:f"}, "data": {"factory": "m:d"}}).early_stopping.grace == 0
     rule = StopRule.from_config(cfg, n_val=360)
     assert (rule.min_step, rule.final_step, rule.rung_slack, rule.n_val) == (75, 150, 0.2, 360)
 
@@ -144,6 +163,9 @@ def test_table_is_rebuilt_from_recorded_trials() -> None:
     t = RungTable.from_trials([done, stopped, failed, broken])
     assert t.at(50) == {0: (100.0, 0.8), 1: (300.0, 0.5)}
     assert t.at(100) == {0: (100.0, 0.9)} and len(t) == 3 and t.steps == [50, 100]
+    dipped = create_trial(state=TrialState.COMPLETE, values=[0.8, 100.0], params={"x": 0.4}, distributions=dist,
+                          user_attrs={"size_bytes": 100, "curve": [[100, 0.8], [50, 0.95]]})  # any order
+    assert RungTable.from_trials([dipped]).at(100) == {dipped.number: (100.0, 0.95)}
 
 
 # -- the Ray Tune scheduler ----------------------------------------------------------------------------

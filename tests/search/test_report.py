@@ -301,3 +301,20 @@ def test_hostile_trials_never_crash_the_report(kit, tmp_path, monkeypatch):
     trials = trials_frame(study)
     trials.to_csv(tmp_path / "t.csv", index=False)
     assert len(pd.read_csv(tmp_path / "t.csv")) == 5
+
+
+def test_the_sensitivity_scan_is_a_heatmap_of_drops(study, tmp_path, monkeypatch):
+    monkeypatch.setattr(report_mod, "_importances", lambda *a: ({}, "skipped"))
+    assert report_data(study).sensitivity is None
+    page = write_report(study, tmp_path / "without").read_text(encoding="utf-8")
+    assert "No sensitivity scan in this study" in page
+    scan = {"layers": ["fc1", "fc2"], "settings": ["sparsity 0.5", "bits 2"], "examples": 360,
+            "baseline_accuracy": 0.97, "drop": [[0.01, 0.4], [0.002, None]]}
+    study.set_user_attr("sensitivity", scan)
+    data = report_data(study)
+    assert data.sensitivity.loc["fc1", "bits 2"] == 0.4 and np.isnan(data.sensitivity.loc["fc2", "bits 2"])
+    assert data.sensitivity.attrs == {"examples": 360, "baseline_accuracy": 0.97}
+    page = write_report(study, tmp_path / "with").read_text(encoding="utf-8")
+    heat = {t.get("uid"): t for t in plotly_traces(page)}["heatmap-sensitivity"]
+    assert heat["y"] == ["fc1", "fc2"] and heat["x"] == ["sparsity 0.5", "bits 2"]
+    assert heat["text"] == [["+0.010", "+0.400"], ["+0.002", "–"]] and "360 validation examples" in page
