@@ -464,6 +464,10 @@ class ConstraintsConfig(_Frozen):
     # Bit-operations of one example (objectives.bit_operations); known from the plan
     # alone, so an over-budget plan is scored without fine-tuning, like max_size_bytes.
     max_bops: Num | None = Field(None, gt=0)
+    # Latency (objectives.latency_ms, with the `latency` settings) of the squashed model: it
+    # depends on the plan's shapes, not on the weights fine-tuning changes, so it is measured
+    # before training too and an over-budget plan is scored without fine-tuning.
+    max_latency_ms: Num | None = Field(None, gt=0)
 
 
 class LatencyConfig(_Frozen):
@@ -645,9 +649,10 @@ class StudyConfig(_Frozen):
     def fingerprint_data(self) -> dict[str, Any]:
         """The parts that define what the study measures (see :meth:`fingerprint`)."""
         data = self.model_dump(mode="json", include=set(FINGERPRINT_FIELDS))
-        if data["constraints"].get("max_bops") is None:
-            # Added later: an unset budget keeps the fingerprints of existing studies.
-            data["constraints"].pop("max_bops", None)
+        for name in ("max_bops", "max_latency_ms"):
+            if data["constraints"].get(name) is None:
+                # Added later: an unset budget keeps the fingerprints of existing studies.
+                data["constraints"].pop(name, None)
         return data
 
     def fingerprint(self) -> str:

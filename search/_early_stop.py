@@ -32,8 +32,11 @@ searches by re-running the stopped trials to the end.
 Budgets before training. The size budget is checked by
 :func:`~compresstune.search._trial.run_trial`; :func:`run_checked` adds the
 bit-operations budget (``constraints.max_bops``), which is also exact before
-training because masks and bit-widths are fixed when the plan is applied.
-Latency is not predicted here: the study declares no latency budget.
+training because masks and bit-widths are fixed when the plan is applied, and
+the latency budget (``constraints.max_latency_ms``): latency is measured on the
+squashed model, whose shapes the plan fixes and fine-tuning does not change, so
+it is measured once before training (the latency objective, when the study has
+one, is measured again after training, as for every trial).
 
 Example:
     >>> rule = StopRule(n_val=400, final_step=150)
@@ -273,14 +276,17 @@ class Budgets:
 
     max_bops: float | None = None
     activation_bits: int = 32
+    max_latency_ms: float | None = None
 
     @classmethod
     def from_config(cls, config) -> "Budgets":
-        return cls(max_bops=config.constraints.max_bops, activation_bits=int(config.activation_bits))
+        c = config.constraints
+        return cls(max_bops=c.max_bops, activation_bits=int(config.activation_bits),
+                   max_latency_ms=getattr(c, "max_latency_ms", None))
 
     @property
     def any(self) -> bool:
-        return self.max_bops is not None
+        return self.max_bops is not None or self.max_latency_ms is not None
 
 
 @dataclass
@@ -319,21 +325,26 @@ def preflight(plan, ctx: TrialContext, budgets: Budgets = Budgets(), *, latency:
     out = Preflight(size_bytes=len(to_bytes(student)))
     if budgets.max_bops is not None or ctx.settings.extra_objective == "bops":
         out.bops = float(bit_operations(student, ctx.splits.val.x[:1], activation_bits=budgets.activation_bits))
-    if latency and ctx.settings.extra_objective == "latency":
+    if budgets.max_latency_ms is not None or (latency and ctx.settings.extra_objective == "latency"):
         s = ctx.settings
         out.latency_ms = float(latency_ms(student, ctx.splits.val.x[:1], batch_size=s.latency_batch_size,
                                           repeats=s.latency_repeats, warmup=s.latency_warmup))
     if budgets.max_bops is not None and out.bops > budgets.max_bops:
         out.over.append("max_bops")
+    if budgets.max_latency_ms is not None and out.latency_ms > budgets.max_latency_ms:
+        out.over.append("max_latency_ms")
     out.seconds = time.perf_counter() - t0
     return out
 
 
-def _bops_constraint(budgets: Budgets, pre: Preflight | None) -> dict[str, float]:
-    if budgets.max_bops is None:
-        return {}
-    value = pre.bops if pre is not None and pre.bops is not None else math.nan
-    return {"max_bops": float(value - budgets.max_bops) if math.isfinite(value) else 1.0}
+def _budget_constraints(budgets: Budgets, pre: Preflight | None) -> dict[str, float]:
+    """``max_bops`` / ``max_latency_ms`` constraint values (positive when over; 1.0 when unknown)."""
+    out = {}
+    for name, limit, value in (("max_bops", budgets.max_bops, pre and pre.bops),
+                               ("max_latency_ms", budgets.max_latency_ms, pre and pre.latency_ms)):
+        if limit is not None:
+            out[name] = float(value - limit) if _finite(value) else 1.0
+    return out
 
 
 def run_checked(plan, ctx: TrialContext, *, budgets: Budgets = Budgets(),
@@ -341,10 +352,11 @@ def run_checked(plan, ctx: TrialContext, *, budgets: Budgets = Budgets(),
                 pre: Preflight | None = None) -> TrialOutcome:
     """:func:`run_trial` plus the budgets known before training and rung reports.
 
-    * A plan over ``budgets.max_bops`` is scored without fine-tuning and told
-      COMPLETE with a positive ``max_bops`` constraint and ``rejected: budget``,
-      as run_trial does for the size budget. Every trial then carries the same
-      ``max_bops`` constraint (<= 0 when within budget) and a ``bops`` attribute.
+    * A plan over ``budgets.max_bops`` or ``budgets.max_latency_ms`` is scored
+      without fine-tuning and told COMPLETE with a positive constraint of that
+      name and ``rejected: budget``, as run_trial does for the size budget. Every
+      trial then carries the same constraints (<= 0 when within budget) and a
+      ``bops`` / ``latency_before_training_ms`` attribute.
     * ``on_rung(step, val_accuracy, size_bytes)`` is called at every rung (the
       size is known before training); it may raise ``StopTrial``. A stopped
       trial's ``curve`` holds its rungs so far.
@@ -370,9 +382,11 @@ def run_checked(plan, ctx: TrialContext, *, budgets: Budgets = Budgets(),
         outcome = run_trial(plan, ctx, on_eval=on_eval)
     if outcome.state != "complete":
         return outcome
-    outcome.constraints.update(_bops_constraint(budgets, pre))
+    outcome.constraints.update(_budget_constraints(budgets, pre))
     if pre.bops is not None:
         outcome.user_attrs["bops"] = pre.bops
+    if budgets.max_latency_ms is not None:
+        outcome.user_attrs["latency_before_training_ms"] = pre.latency_ms
     if pre.over:
         outcome.user_attrs["rejected"] = "budget"
         outcome.user_attrs["over_budget"] = list(pre.over)
@@ -384,7 +398,8 @@ def run_checked(plan, ctx: TrialContext, *, budgets: Budgets = Budgets(),
 
 def stopped_outcome(settings: TrialSettings, *, plan_json: str, size_bytes: int, step: int, accuracy: float,
                     curve: list | None = None, extra_value: float | None = None, budgets: Budgets = Budgets(),
-                    bops: float | None = None, test_accuracy: float | None = None) -> TrialOutcome:
+                    bops: float | None = None, test_accuracy: float | None = None,
+                    latency_ms: float | None = None) -> TrialOutcome:
     """The outcome of a trial stopped by the Ray scheduler, built by the driver from
     the trial's last rung report (its worker is gone, so nothing else is known).
 
@@ -403,12 +418,15 @@ def stopped_outcome(settings: TrialSettings, *, plan_json: str, size_bytes: int,
                              f"({settings.extra_objective!r}); report it with the rung results.")
         values.append(float(extra_value))
     constraints = constraints_for(settings, float(accuracy), int(size_bytes), stopped=True)
-    constraints.update(_bops_constraint(budgets, Preflight(size_bytes=int(size_bytes), bops=bops)))
+    constraints.update(_budget_constraints(budgets, Preflight(size_bytes=int(size_bytes), bops=bops,
+                                                              latency_ms=latency_ms)))
     attrs = {"plan": plan_json, "size_bytes": int(size_bytes), "ratio": settings.reference_bytes / size_bytes,
              "val_accuracy": float(accuracy), "test_accuracy": test_accuracy,
              "curve": [list(p) for p in (curve or [[step, accuracy]])], "stopped_at_rung": int(step)}
     if bops is not None:
         attrs["bops"] = float(bops)
+    if budgets.max_latency_ms is not None:
+        attrs["latency_before_training_ms"] = latency_ms
     return TrialOutcome("complete", values=values, constraints=constraints, user_attrs=attrs)
 
 

@@ -211,7 +211,8 @@ def _run_plan(plan: CompressionPlan, ctx: TrialContext, budgets: Budgets, rung_w
     except Exception:  # noqa: BLE001 - run_checked fails the trial with run_trial's own message
         return run_checked(plan, ctx, budgets=budgets)
     # What the driver needs to record the trial should the scheduler stop it here.
-    known = {"bops": pre.bops, "extra_value": pre.extra_value(ctx.settings.extra_objective)}
+    known = {"bops": pre.bops, "latency_ms": pre.latency_ms,
+             "extra_value": pre.extra_value(ctx.settings.extra_objective)}
     known = {k: v for k, v in known.items() if v is not None}
 
     def on_rung(step: int, accuracy: float, size_bytes: int) -> None:
@@ -416,7 +417,7 @@ class StudySearcher(_DriverOnly, Searcher):
                 self.session.context.settings, plan_json=plan_json or "", size_bytes=int(result["size_bytes"]),
                 step=decision.step, accuracy=float(result[ACCURACY_KEY]), curve=[list(p) for p in curve],
                 extra_value=result.get("extra_value"), budgets=Budgets.from_config(self.session.config),
-                bops=result.get("bops"))
+                bops=result.get("bops"), latency_ms=result.get("latency_ms"))
         except (KeyError, TypeError, ValueError) as exc:
             return TrialOutcome("fail", fail_reason=f"ray: stopped at rung {decision.step} but its report is "
                                                     f"incomplete: {type(exc).__name__}: {exc}")

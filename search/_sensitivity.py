@@ -184,7 +184,7 @@ def before_search(session) -> None:
     """Run before the first trial of ``run`` (both executors): the sensitivity
     scan (reused from the study or the cache when its key matches), narrowing
     (decided for a new study, re-applied from the study on resume), the
-    ``max_bops`` constraint name, and the seed trials (a new study only; at most
+    ``max_bops`` / ``max_latency_ms`` constraint names, and the seed trials (a new study only; at most
     half of ``search.trials``, spread over the ratios, so the sampler always gets
     a share)."""
     from compresstune.search import _seeds
@@ -193,10 +193,10 @@ def before_search(session) -> None:
     cfg = config.sensitivity
     new = len(study.get_trials(deepcopy=False)) == 0
     attrs = study.user_attrs
-    if new and config.constraints.max_bops is not None:
-        names = list(attrs.get("constraint_names") or [])
-        if "max_bops" not in names:
-            study.set_user_attr("constraint_names", names + ["max_bops"])
+    budgets = [n for n in ("max_bops", "max_latency_ms") if getattr(config.constraints, n) is not None]
+    names = list(attrs.get("constraint_names") or [])
+    if new and [n for n in budgets if n not in names]:
+        study.set_user_attr("constraint_names", names + [n for n in budgets if n not in names])
     table = None
     if cfg.enabled:
         baseline = attrs.get("baseline") or {}

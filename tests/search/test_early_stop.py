@@ -231,6 +231,31 @@ def test_within_the_bops_budget_trains_and_carries_the_same_constraint() -> None
     assert [list(p) for p in out.user_attrs["curve"]] == [[s, a] for s, a, _ in seen]
 
 
+def test_a_latency_budget_is_checked_before_training_too() -> None:
+    ctx = _tiny_context()
+    over = run_checked(PLAN, ctx, budgets=Budgets(max_latency_ms=1e-9))  # no forward pass is that fast
+    assert over.user_attrs["rejected"] == "budget" and over.user_attrs["over_budget"] == ["max_latency_ms"]
+    assert over.user_attrs["curve"] == [] and over.artifact is None
+    measured = over.user_attrs["latency_before_training_ms"]
+    assert measured > 0 and over.constraints["max_latency_ms"] == pytest.approx(measured - 1e-9)
+    within = run_checked(PLAN, ctx, budgets=Budgets(max_latency_ms=1e6))
+    assert "rejected" not in within.user_attrs and within.constraints["max_latency_ms"] < 0
+    assert within.artifact is not None and len(within.user_attrs["curve"]) == 3
+
+
+def test_latency_budgets_are_study_constraints(tmp_path: Path) -> None:
+    from compresstune.config import StudyConfig
+    from compresstune.errors import ConfigError
+
+    base = {"model": {"factory": "m:f"}, "data": {"factory": "m:d"}}
+    with pytest.raises(ConfigError, match="constraints.max_latency_ms"):
+        StudyConfig.from_dict({**base, "constraints": {"max_latency_ms": 0}})
+    cfg = StudyConfig.from_dict({**base, "constraints": {"max_latency_ms": 2.5}})
+    assert Budgets.from_config(cfg) == Budgets(max_latency_ms=2.5) and Budgets.from_config(cfg).any
+    # An unset budget leaves the fingerprint of existing studies as it was.
+    assert "max_latency_ms" not in StudyConfig.from_dict(base).fingerprint_data()["constraints"]
+
+
 def test_a_rung_callback_stop_gives_a_stopped_trial_with_its_curve() -> None:
     ctx = _tiny_context()
 
