@@ -515,7 +515,9 @@ class SensitivityConfig(_Frozen):
     Seeds: one enqueued trial per ratio in ``seed_ratios`` (reference fp32 size /
     packed size; at most half of ``search.trials``, spread over the ratios),
     spending compression where the scan says it hurts least; enqueued only into
-    a new study; ``[]`` enqueues none. ``narrow: true`` also caps each layer's
+    a new study; ``[]`` enqueues none. Once they have run, ``refine_seeds``
+    more are planned along the same path between the largest seed ratio that
+    met the constraints and the next one that did not (0: none). ``narrow: true`` also caps each layer's
     sparsity, bits and rank range at the first scanned level whose drop reaches
     ``cliff``; decided before trial 0 and stored in the study.
 
@@ -531,6 +533,7 @@ class SensitivityConfig(_Frozen):
     bits: list[Int] = [2, 3, 4, 6, 8]
     rank_fraction: list[Num] = [0.25, 0.5, 0.75]
     seed_ratios: list[Num] = [4.0, 8.0, 16.0, 32.0, 64.0]
+    refine_seeds: Int = Field(2, ge=0, le=8)
     narrow: StrictBool = False
     cliff: Num = Field(0.3, gt=0, le=1)
 

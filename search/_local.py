@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 from compresstune.search._controller import Session, counts, record
 from compresstune.search._early_stop import TrialHooks
 from compresstune.search._progress import Progress
+from compresstune.search._seeds import SeedRefiner
 from compresstune.search._storage import SearchError, repair_interrupted, requeue
 from compresstune.search._trial import TrialOutcome, run_trial
 
@@ -25,6 +26,7 @@ def run_local(session: Session, *, progress: bool = True) -> None:
     torch.set_num_threads(max(1, int(session.config.resources.cpus_per_trial)))
     bar = Progress(study, cfg.trials, enabled=progress, stream=sys.stderr)
     hooks = TrialHooks.for_session(session)  # budgets before training + early stopping (search/_early_stop.py)
+    refiner = SeedRefiner(session)  # the second round of seed trials (search/_seeds.py)
     try:
         while True:
             c = counts(study)
@@ -32,6 +34,7 @@ def run_local(session: Session, *, progress: bool = True) -> None:
                 break
             if c["failed"] >= cfg.max_failures:
                 raise SearchError(_too_many_failures(study, c["failed"]))
+            refiner.step()
             _one_trial(session, hooks)
             bar.update()
     except KeyboardInterrupt:

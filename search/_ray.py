@@ -73,6 +73,7 @@ from compresstune.search._early_stop import (ACCURACY_KEY, STEP_KEY, Budgets, Ru
 from compresstune.search._local import _too_many_failures
 from compresstune.search._progress import Progress
 from compresstune.search._ray_stop import ParetoStopScheduler
+from compresstune.search._seeds import SeedRefiner
 from compresstune.search._storage import SearchError, requeue
 from compresstune.search._trial import TrialContext, TrialOutcome, run_trial
 
@@ -340,6 +341,7 @@ class StudySearcher(_DriverOnly, Searcher):
         self.error: SearchError | None = None
         self.complete, self.failed = _tally(self.study)
         self._refreshed = time.monotonic()
+        self.refiner = SeedRefiner(session)
 
     # -- Tune's interface ------------------------------------------------------------------
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
@@ -356,6 +358,7 @@ class StudySearcher(_DriverOnly, Searcher):
             return Searcher.FINISHED
         if self.complete + len(self.live) >= self.target:
             return None
+        self.refiner.step()
         trial = self.study.ask()
         self.live[trial_id] = trial  # from here on an interruption finds it
         trial.set_user_attr("driver", self.session.driver)

@@ -52,8 +52,8 @@ from compresstune.artifact import to_bytes
 from compresstune.compress import apply
 from compresstune.search._sensitivity import units as _units
 
-__all__ = ["Seed", "describe_narrowing", "enqueue", "estimate_bytes", "narrowed_space", "narrowing", "plan_seeds",
-           "spread"]
+__all__ = ["Seed", "SeedRefiner", "describe_narrowing", "enqueue", "estimate_bytes", "narrowed_space", "narrowing",
+           "plan_seeds", "refine_targets", "spread"]
 
 _GRID = 0.05
 _KNOBS = ("sparsity", "bits", "rank_fraction")
@@ -403,8 +403,9 @@ def spread(ratios, k: int) -> list[float]:
     return [values[round(i * (len(values) - 1) / (k - 1))] for i in range(k)]
 
 
-def enqueue(study, seeds: list[Seed]) -> None:
-    """Enqueue the seeds (marked ``seed_trial: True``) and record them in the study.
+def enqueue(study, seeds: list[Seed], *, round_: int = 1) -> None:
+    """Enqueue the seeds (marked ``seed_trial: True`` and ``seed_round``) and record
+    them in the study's ``seed_trials`` attr (a later round is appended).
 
     Only the per-layer parameters are fixed: the distillation temperature and
     alpha are left to the sampler (Optuna samples the parameters an enqueued
@@ -412,10 +413,90 @@ def enqueue(study, seeds: list[Seed]) -> None:
     distillation setting."""
     for seed in seeds:
         params = {k: v for k, v in seed.params.items() if not k.startswith("distill:")}
-        study.enqueue_trial(params, user_attrs=seed.user_attrs(), skip_if_exists=False)
-    study.set_user_attr("seed_trials", [
+        study.enqueue_trial(params, user_attrs={**seed.user_attrs(), "seed_round": round_}, skip_if_exists=False)
+    earlier = list(study.user_attrs.get("seed_trials") or []) if round_ > 1 else []
+    study.set_user_attr("seed_trials", earlier + [
         {"target_ratio": s.target_ratio, "ratio": round(s.ratio, 4), "size_bytes": s.size_bytes,
-         "predicted_drop": round(s.predicted_drop, 6), "reached": s.reached} for s in seeds])
+         "predicted_drop": round(s.predicted_drop, 6), "reached": s.reached, "round": round_} for s in seeds])
+
+
+# -- a second round: where the seed path stops being feasible ---------------------------------------------
+
+def refine_targets(points: list[tuple[float, bool]], k: int) -> list[float]:
+    """``k`` target ratios between the largest feasible seed ratio and the smallest
+    infeasible one above it (evenly spaced in log ratio), or, when every seed above
+    it was feasible, up to twice the largest. None without a feasible seed.
+
+    The front's hypervolume is made at its high-ratio end, so the first round's
+    seeds are followed by a bisection of where the sensitivity-guided path stops
+    meeting the constraints.
+
+    Example:
+        >>> [round(r, 1) for r in refine_targets([(8, True), (16, True), (32, False)], 1)]
+        [22.6]
+        >>> [round(r, 1) for r in refine_targets([(8, True), (16, True)], 2)]
+        [22.6, 32.0]
+        >>> refine_targets([(8, False)], 2)
+        []
+    """
+    good = [r for r, ok in points if ok]
+    if not good or k < 1:
+        return []
+    lo = max(good)
+    above = [r for r, ok in points if not ok and r > lo]
+    hi = min(above) if above else 2.0 * lo
+    steps = k + 1 if above else k
+    return [lo * (hi / lo) ** (i / steps) for i in range(1, k + 1)]
+
+
+def _seed_point(trial) -> tuple[float, bool] | None:
+    """(ratio, feasible) of a finished seed trial; None while it is not COMPLETE."""
+    if trial.state.name != "COMPLETE" or not isinstance(trial.user_attrs.get("ratio"), (int, float)):
+        return None
+    attrs = trial.user_attrs
+    ok = not attrs.get("rejected") and attrs.get("stopped_at_rung") is None \
+        and all(v <= 0 for v in (trial.constraints or {}).values())
+    return float(attrs["ratio"]), bool(ok)
+
+
+class SeedRefiner:
+    """Enqueues the second seed round once every first-round seed has finished
+    (both executors call :meth:`step` before asking for a trial). Done once per
+    study: the ``seed_refinement`` attr records it, also when there was nothing
+    to add."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        cfg = session.config.sensitivity
+        self.k = int(cfg.refine_seeds) if cfg.enabled and cfg.seed_ratios else 0
+        self.done = self.k == 0 or "seed_refinement" in session.study.user_attrs
+
+    def step(self) -> None:
+        if self.done:
+            return
+        study = self.session.study
+        seeds = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("seed_trial")]
+        if not seeds:
+            self.done = True  # a study seeded by nothing (e.g. resumed from before seeds existed)
+            return
+        if any(t.state.name in ("WAITING", "RUNNING") for t in seeds):
+            return
+        points = [p for p in map(_seed_point, seeds) if p is not None]
+        targets = refine_targets(points, self.k)
+        added = []
+        if targets:
+            attrs = study.user_attrs
+            new = plan_seeds(self.session.space, self.session.context.model, attrs["sensitivity"], ratios=targets,
+                             reference_bytes=int(attrs["baseline"]["reference_bytes"]))
+            done_ratios = [r for r, _ in points]
+            added = [s for s in new if all(abs(s.ratio / r - 1) > 0.05 for r in done_ratios)]
+            enqueue(study, added, round_=2)
+        study.set_user_attr("seed_refinement", {"targets": [round(t, 3) for t in targets],
+                                                "ratios": [round(s.ratio, 3) for s in added]})
+        self.done = True
+        if added:
+            self.session.log("seed trials, second round (where the seed path meets the constraints): "
+                             + ", ".join(f"{s.target_ratio:.1f}x->{s.ratio:.1f}x" for s in added))
 
 
 # -- narrowing ------------------------------------------------------------------------------------------

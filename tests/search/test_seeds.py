@@ -100,7 +100,7 @@ def test_narrowing_caps_knobs_at_the_cliff(digits) -> None:
             assert (d.high == value["high"]) if knob == "sparsity" else (list(d.choices) == value)
 
 
-def _study_file(folder: Path, cache: Path, *, trials: int, narrow: bool) -> Path:
+def _study_file(folder: Path, cache: Path, *, trials: int, narrow: bool, refine: int = 0, extra: str = "") -> Path:
     out = folder / "out"
     if not out.exists():
         out.mkdir(parents=True)
@@ -116,8 +116,9 @@ def _study_file(folder: Path, cache: Path, *, trials: int, narrow: bool) -> Path
           rank_fraction: [0.5, 1.0]
         finetune: {{steps: 6, batch_size: 32, eval_every: 3}}
         search: {{trials: {trials}, seed: 3, out: "{out}"}}
-        sensitivity: {{seed_ratios: [4, 16], narrow: {str(narrow).lower()}, cliff: 0.02, examples: 200}}
-        """))
+        sensitivity: {{seed_ratios: [4, 16], narrow: {str(narrow).lower()}, cliff: 0.02, examples: 200,
+                       refine_seeds: {refine}}}
+        """) + extra)
     return path
 
 
@@ -169,3 +170,28 @@ def test_seeds_are_enqueued_once_across_a_resume_and_narrowing_is_restored(digit
         for name, value in t.params.items():
             assert dists[name]._contains(dists[name].to_internal_repr(value))
     assert len(session.study.get_trials()) == 5  # preparing again queued nothing
+
+
+def test_a_second_seed_round_bisects_where_the_seed_path_stops_being_feasible(digits, tmp_path: Path,
+                                                                             tmp_path_factory) -> None:
+    from compresstune.search import run
+    from compresstune.search._seeds import _seed_point, refine_targets
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cache = tmp_path_factory.getbasetemp() / "ct-digits-cache"
+    log: list[str] = []
+    path = _study_file(tmp_path, cache, trials=5, narrow=False, refine=2,
+                       extra="constraints: {max_accuracy_drop: 0.5}\n")
+    study, _ = run(load_config(path), progress=False, log=log.append)
+    trials = study.get_trials()
+    first = [t for t in trials if t.user_attrs.get("seed_round") == 1]
+    second = [t for t in trials if t.user_attrs.get("seed_round") == 2]
+    targets = refine_targets([_seed_point(t) for t in first], 2)
+    assert [t.number for t in first] == [0, 1] and targets  # 4x keeps accuracy within 0.5 of the baseline
+    assert study.user_attrs["seed_refinement"]["targets"] == [round(x, 3) for x in targets]
+    assert [t.number for t in second] == [2, 3][:len(second)] and second
+    for t in second:  # planned along the same path: at (or just above) a bisection target
+        target = t.user_attrs["seed_target_ratio"]
+        assert any(abs(target - x) < 1e-9 for x in targets) and target <= t.user_attrs["ratio"] <= 1.1 * target
+    assert any(line.startswith("seed trials, second round") for line in log)
+    assert len(study.user_attrs["seed_trials"]) == 2 + len(second)
