@@ -27,7 +27,7 @@ objectives, the recovery fine-tune and the search settings::
     constraints: {max_accuracy_drop: 0.02}
     search: {sampler: tpe, trials: 40, seed: 0}
     sensitivity: {enabled: true, seed_ratios: [4, 8, 16, 32, 64]}
-    early_stopping: {enabled: false, margin_se: 2.0, rung_slack: 0.5, grace: 0.0}
+    early_stopping: {enabled: false, margin_se: 2.0, rung_slack: 0.5, grace: 0.25}
 
 Knobs. ``sparsity``, ``temperature`` and ``alpha`` take a range
 ``{low, high, step, log}`` or a plain number (fixed: no parameter is searched).
@@ -573,7 +573,7 @@ class EarlyStoppingConfig(_Frozen):
     margin_se: Num = Field(2.0, ge=0)
     rung_slack: Num = Field(0.5, ge=0, le=1)
     min_margin: Num = Field(0.0, ge=0, le=1)
-    grace: Num = Field(0.0, ge=0, le=1)
+    grace: Num = Field(0.25, ge=0, le=1)
 
 
 class StudyConfig(_Frozen):

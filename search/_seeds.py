@@ -482,15 +482,19 @@ class SeedRefiner:
         if any(t.state.name in ("WAITING", "RUNNING") for t in seeds):
             return
         points = [p for p in map(_seed_point, seeds) if p is not None]
-        targets = refine_targets(points, self.k)
+        attrs = study.user_attrs
+        targets = refine_targets(points, self.k) if "sensitivity" in attrs else []
         added = []
-        if targets:
-            attrs = study.user_attrs
-            new = plan_seeds(self.session.space, self.session.context.model, attrs["sensitivity"], ratios=targets,
-                             reference_bytes=int(attrs["baseline"]["reference_bytes"]))
-            done_ratios = [r for r, _ in points]
-            added = [s for s in new if all(abs(s.ratio / r - 1) > 0.05 for r in done_ratios)]
-            enqueue(study, added, round_=2)
+        try:
+            if targets:
+                new = plan_seeds(self.session.space, self.session.context.model, attrs["sensitivity"],
+                                 ratios=targets, reference_bytes=int(attrs["baseline"]["reference_bytes"]))
+                done_ratios = [r for r, _ in points]
+                added = [s for s in new if all(abs(s.ratio / r - 1) > 0.05 for r in done_ratios)]
+                enqueue(study, added, round_=2)
+        except Exception as exc:  # noqa: BLE001 - seeds are a head start, never a reason to stop the search
+            self.session.log(f"seed trials, second round: skipped ({type(exc).__name__}: {exc})")
+            added = []
         study.set_user_attr("seed_refinement", {"targets": [round(t, 3) for t in targets],
                                                 "ratios": [round(s.ratio, 3) for s in added]})
         self.done = True

@@ -125,7 +125,7 @@ def test_the_rule_of_a_config_maps_grace_to_a_step() -> None:
     cfg = StudyConfig.from_dict({"model": {"factory": "m:f"}, "data": {"factory": "m:d"},
                                  "finetune": {"steps": 150, "eval_every": 50},
                                  "early_stopping": {"enabled": True, "grace": 0.5, "rung_slack": 0.2}})
-    assert StudyConfig.from_dict({"model": {"factory": "m:f"}, "data": {"factory": "m:d"}}).early_stopping.grace == 0
+    assert StudyConfig.from_dict({"model": {"factory": "m:f"}, "data": {"factory": "m:d"}}).early_stopping.grace == 0.25
     rule = StopRule.from_config(cfg, n_val=360)
     assert (rule.min_step, rule.final_step, rule.rung_slack, rule.n_val) == (75, 150, 0.2, 360)
 
@@ -301,7 +301,7 @@ def _study_file(folder: Path, shared_cache: Path, *, trials: int, workers: int =
         finetune: {{steps: 15, batch_size: 32, eval_every: 5}}
         constraints: {{max_accuracy_drop: 0.05}}
         search: {{trials: {trials}, seed: 1, out: "{out}", workers: {workers}}}
-        sensitivity: {{seed_ratios: [8, 16]}}
+        sensitivity: {{seed_ratios: [8, 16], refine_seeds: 0}}
         early_stopping: {{enabled: true, margin_se: 2.0}}
         """))
     return path
