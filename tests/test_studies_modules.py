@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,10 @@ SHARED = ROOT.parent / "shared" / "data"
 
 
 def _study(name: str):
-    """Load studies/<name>.py by path, so the test does not depend on sys.path or cwd."""
-    spec = importlib.util.spec_from_file_location(f"_compresstune_test_study_{name}", ROOT / "studies" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``studies.<name>`` of this checkout (a package: the modules share studies/_common.py)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module(f"studies.{name}")
 
 
 def _need(path: Path) -> Path:

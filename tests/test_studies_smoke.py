@@ -97,12 +97,12 @@ def test_missing_data_fails_with_the_path(tmp_path, monkeypatch, capsys):
 
 
 def _mnist_module():
-    import importlib.util
+    import importlib
+    import sys
 
-    spec = importlib.util.spec_from_file_location("_compresstune_smoke_mnist", ROOT / "studies" / "mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    return importlib.import_module("studies.mnist")
 
 
 def _fake_mnist(seed: int):
