@@ -301,6 +301,12 @@ class Preflight:
     latency_ms: float | None = None
     over: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    student: Any = field(default=None, repr=False)  # the applied plan, reused by the trial
+
+    def applied(self) -> tuple[Any, int, float] | None:
+        """``run_trial``'s ``applied`` argument: the student once; None after (or without) it."""
+        student, self.student = self.student, None
+        return None if student is None else (student, self.size_bytes, self.seconds)
 
     def extra_value(self, objective: str | None) -> float | None:
         """The value of the study's third objective, when it was measured here."""
@@ -324,7 +330,7 @@ def preflight(plan, ctx: TrialContext, budgets: Budgets = Budgets(), *, latency:
 
     t0 = time.perf_counter()
     student = apply(ctx.model, plan)
-    out = Preflight(size_bytes=len(to_bytes(student)))
+    out = Preflight(size_bytes=len(to_bytes(student)), student=student)
     if budgets.max_bops is not None or ctx.settings.extra_objective == "bops":
         out.bops = float(bit_operations(student, ctx.splits.val.x[:1], activation_bits=budgets.activation_bits))
     if budgets.max_latency_ms is not None or (latency and ctx.settings.extra_objective == "latency"):
@@ -374,14 +380,14 @@ def run_checked(plan, ctx: TrialContext, *, budgets: Budgets = Budgets(),
     rungs: list[list[float]] = []
     if pre.over:
         settings = dataclasses.replace(ctx.settings, steps=0)
-        outcome = run_trial(plan, dataclasses.replace(ctx, settings=settings))
+        outcome = run_trial(plan, dataclasses.replace(ctx, settings=settings), applied=pre.applied())
     else:
         def on_eval(step: int, acc: float) -> None:
             rungs.append([int(step), float(acc)])
             if on_rung is not None:
                 on_rung(int(step), float(acc), pre.size_bytes)
 
-        outcome = run_trial(plan, ctx, on_eval=on_eval)
+        outcome = run_trial(plan, ctx, on_eval=on_eval, applied=pre.applied())
     if outcome.state != "complete":
         return outcome
     outcome.constraints.update(_budget_constraints(budgets, pre))

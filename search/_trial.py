@@ -107,10 +107,16 @@ def over_budget(s: TrialSettings, size_bytes: int) -> bool:
 
 
 def run_trial(plan: CompressionPlan, ctx: TrialContext, *,
-              on_eval: Callable[[int, float], None] | None = None) -> TrialOutcome:
-    """Run one trial; never raises for a failing trial (the outcome says FAIL and why)."""
+              on_eval: Callable[[int, float], None] | None = None,
+              applied: tuple[nn.Module, int, float] | None = None) -> TrialOutcome:
+    """Run one trial; never raises for a failing trial (the outcome says FAIL and why).
+
+    ``applied``: ``(student, packed size, seconds)`` when the caller has already
+    applied this plan to ``ctx.model`` (the budget checks before training do), so
+    it is not applied and packed twice.
+    """
     try:
-        return _run(plan, ctx, on_eval)
+        return _run(plan, ctx, on_eval, applied)
     except KeyboardInterrupt:
         raise
     except MemoryError:
@@ -121,12 +127,16 @@ def run_trial(plan: CompressionPlan, ctx: TrialContext, *,
         return TrialOutcome("fail", fail_reason=reason[:2000])
 
 
-def _run(plan: CompressionPlan, ctx: TrialContext, on_eval) -> TrialOutcome:
+def _run(plan: CompressionPlan, ctx: TrialContext, on_eval, applied=None) -> TrialOutcome:
     s, splits = ctx.settings, ctx.splits
     timings = {}
     t0 = time.perf_counter()
-    student = apply(ctx.model, plan)
-    size = len(to_bytes(student))
+    if applied is None:
+        student = apply(ctx.model, plan)
+        size = len(to_bytes(student))
+    else:
+        student, size, before = applied
+        t0 -= before
     timings["apply_s"] = time.perf_counter() - t0
     attrs: dict[str, Any] = {"plan": plan.to_json(), "size_bytes": size, "ratio": s.reference_bytes / size}
     rejected = over_budget(s, size)

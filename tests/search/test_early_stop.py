@@ -231,6 +231,24 @@ def test_within_the_bops_budget_trains_and_carries_the_same_constraint() -> None
     assert [list(p) for p in out.user_attrs["curve"]] == [[s, a] for s, a, _ in seen]
 
 
+def test_the_plan_is_applied_once_with_budgets_and_rungs(monkeypatch) -> None:
+    import compresstune.compress as compress_mod
+    from compresstune.search import _trial as trial_mod
+
+    calls = []
+    real = compress_mod.apply
+
+    def counting(model, plan):
+        calls.append(plan)
+        return real(model, plan)
+
+    monkeypatch.setattr(compress_mod, "apply", counting)
+    monkeypatch.setattr(trial_mod, "apply", counting)
+    out = run_checked(PLAN, _tiny_context(), budgets=Budgets(max_bops=1e12), on_rung=lambda *a: None)
+    assert len(calls) == 1 and out.artifact is not None and len(out.artifact) == out.user_attrs["size_bytes"]
+    assert out.user_attrs["timings"]["apply_s"] > 0
+
+
 def test_a_latency_budget_is_checked_before_training_too() -> None:
     ctx = _tiny_context()
     over = run_checked(PLAN, ctx, budgets=Budgets(max_latency_ms=1e-9))  # no forward pass is that fast
