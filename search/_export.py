@@ -79,8 +79,14 @@ def status_text(study: optuna.Study, out: Path) -> str:
     trials = study.get_trials(deepcopy=False)
     by_state = {s.name: sum(t.state == s for t in trials) for s in TrialState}
     wanted = study.user_attrs.get("config", {}).get("search", {}).get("trials")
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    kinds = [(sum(t.user_attrs.get("stopped_at_rung") is not None for t in done), "stopped early"),
+             (sum(t.user_attrs.get("rejected") == "budget" for t in done), "over a budget, not fine-tuned"),
+             (sum(bool(t.user_attrs.get("seed_trial")) for t in done), "seed trials")]
+    among = ", ".join(f"{n} {what}" for n, what in kinds if n)
     head = (f"study {study.study_name!r} in {pointer.storage}\n"
             f"trials: {by_state['COMPLETE']} complete" + (f" of {wanted}" if wanted else "") +
+            (f" ({among})" if among else "") +
             f", {by_state['FAIL']} failed, {by_state['RUNNING']} running, {by_state['WAITING']} queued")
     table = front(study)
     cols = [c for c in ("number", "val_accuracy", "test_accuracy", "size_bytes", "ratio") if c in table.columns]

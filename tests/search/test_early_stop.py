@@ -368,6 +368,9 @@ def test_a_real_run_stops_a_dominated_trial_and_keeps_it_off_the_front(tmp_path:
     assert all(t.user_attrs["rungs"][-1][0] == 15 for t in full)
     assert len(RungTable.from_trials(trials).at(5)) == 4
     assert TrialHooks.for_session(session).table.at(5).keys() == {t.number for t in trials}
+    from compresstune.search import status_text
+
+    assert f"({len(stopped)} stopped early, 2 seed trials)" in status_text(study, Path(cfg.search.out))
 
 
 @pytest.mark.ray
