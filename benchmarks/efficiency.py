@@ -5,28 +5,28 @@ For each study and search seed, four otherwise identical searches run one after
 the other (interleaved by seed, so machine load drifts spread over variants):
 
 * ``plain``       no sensitivity scan, no seeds, no early stopping;
-* ``seeds``       sensitivity scan + seed trials (4x ... 64x);
-* ``early_stop``  Pareto-aware early stopping at the fine-tune rungs;
+* ``seeds``       sensitivity scan + seed trials (4x ... 64x, then the bisecting round);
+* ``early_stop``  Pareto-aware early stopping at the fine-tune rungs (default rule);
 * ``both``        the two together.
 
 The clock of a search starts when its searching starts: the sensitivity scan and
-the seed planning, then the trials. It counts the CPU seconds of the search
-process (one process, one torch thread: what its wall-clock time would be on an
-idle machine; this 2-core machine is shared with other jobs, whose load moved
-wall-clock times by up to 50 % between identical runs); wall-clock ratios are
-reported too. Loading data, the cached baseline and the teacher's logits is the
-same for every variant and left out.
+the seed planning, then the trials. Wall-clock time is the headline (the aim is
+stated in it); the CPU seconds of the search process are recorded beside it (one
+process, one torch thread: what its wall-clock time would be on an idle machine,
+less sensitive to other jobs on this shared machine). Loading data, the cached
+baseline and the teacher's logits is the same for every variant and left out.
 Hypervolume is the project's one definition (search/pareto.py): feasible, fully
 fine-tuned trials only, so stopped trials never count.
 
-With ``--rerun-stopped`` (default for the first seed) every trial that early
+With ``--rerun-stopped SEEDS`` (default: the first seed) every trial that early
 stopping stopped is run again to the end without stopping, and the script
 counts those that would have reached the final Pareto front of their study.
 
-    nice -n 10 .venv/bin/python benchmarks/efficiency.py --studies digits --seeds 0 1 2
-    nice -n 10 .venv/bin/python benchmarks/efficiency.py --studies lenet300 --seeds 0 --trials 40
+    nice -n 5 .venv/bin/python benchmarks/efficiency.py --studies digits lenet300 --seeds 0 1 2 --rerun-stopped 0 1 2
 
-Running it again reuses finished searches (``runs/bench/efficiency/...``).
+Running it again reuses finished searches (``runs/bench/efficiency/...``), so a
+later call with more seeds only runs the missing ones and writes the tables
+(``summary.md``) and the plots (``<study>_hv_time.html``) for all of them.
 """
 
 from __future__ import annotations
@@ -298,7 +298,8 @@ def plot(study_name: str, seeds: list[int], tls: dict) -> Path:
             tl = tls[(variant, seed)]
             fig.add_scatter(x=tl["wall"], y=tl["hv"], mode="lines", line_shape="hv", name=f"{variant} s{seed}",
                             legendgroup=variant)
-    fig.update_layout(title=f"{study_name}: hypervolume against search time", xaxis_title="wall-clock seconds of the search",
+    fig.update_layout(title=f"{study_name}: hypervolume against search time",
+                      xaxis_title="wall-clock seconds of the search",
                       yaxis_title="hypervolume")
     path = OUT / f"{study_name}_hv_time.html"
     fig.write_html(path, include_plotlyjs="cdn")
