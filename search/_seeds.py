@@ -425,7 +425,7 @@ def enqueue(study, seeds: list[Seed], *, round_: int = 1) -> None:
 def refine_targets(points: list[tuple[float, bool]], k: int) -> list[float]:
     """``k`` target ratios between the largest feasible seed ratio and the smallest
     infeasible one above it (evenly spaced in log ratio), or, when every seed above
-    it was feasible, up to twice the largest. None without a feasible seed.
+    it was feasible, up to twice the largest; none (an empty list) without a feasible seed.
 
     The front's hypervolume is made at its high-ratio end, so the first round's
     seeds are followed by a bisection of where the sensitivity-guided path stops
