@@ -241,7 +241,7 @@ def _ratio_to_reach(tl: dict, target: float, horizon: float, key: str) -> float:
     return hit[0] / horizon if hit else math.inf
 
 
-def summarise(study_name: str, seeds: list[int], tls: dict, reruns: dict, steps: int) -> str:
+def summarise(seeds: list[int], tls: dict, reruns: dict) -> str:
     """One markdown row per variant; each cell lists the searches in seed order.
 
     Times are ratios to the plain search of the same seed: the wall-clock (and
@@ -325,14 +325,13 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     warm_up(args.studies[0])
     for study_name in args.studies:
-        tls, reruns, steps = {}, {}, None
+        tls, reruns = {}, {}
         for seed in args.seeds:
             for variant in VARIANTS:
                 cfg = variant_config(study_name, variant, seed, args.trials)
-                steps = cfg.finetune.steps
                 t0 = time.time()
                 study = run_variant(cfg)
-                tls[(variant, seed)] = timeline(study, steps, Path(cfg.search.out))
+                tls[(variant, seed)] = timeline(study, cfg.finetune.steps, Path(cfg.search.out))
                 tl = tls[(variant, seed)]
                 log(f"{study_name} {variant} seed {seed}: {tl['trials']} trials, final HV {tl['hv'][-1]:.4f}, "
                     f"search {tl['clock'][-1]:.0f} s, {tl['stopped']} stopped ({time.time() - t0:.0f} s)")
@@ -343,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = variant_config(study_name, "plain", args.seeds[0], args.trials)
         head = (f"\n### {study_name} ({STUDIES[study_name]}, {cfg.search.trials} trials, {cfg.finetune.steps} "
                 f"fine-tune steps, rungs every {cfg.finetune.eval_every}; search seeds {args.seeds})\n")
-        report.append(head + summarise(study_name, args.seeds, tls, reruns, steps))
+        report.append(head + summarise(args.seeds, tls, reruns))
         results[study_name] = {f"{v}-s{s}": tl for (v, s), tl in tls.items()}
         results[study_name]["reruns"] = {f"{v}-s{s}": r for (v, s), r in reruns.items()}
         log(f"plot: {plot(study_name, args.seeds, tls)}")

@@ -73,6 +73,7 @@ __all__ = [
     "preflight",
     "run_checked",
     "rung_result",
+    "session_stopping",
     "stopped_outcome",
 ]
 
@@ -283,8 +284,7 @@ class Budgets:
     @classmethod
     def from_config(cls, config) -> "Budgets":
         c = config.constraints
-        return cls(max_bops=c.max_bops, activation_bits=int(config.activation_bits),
-                   max_latency_ms=getattr(c, "max_latency_ms", None))
+        return cls(max_bops=c.max_bops, activation_bits=int(config.activation_bits), max_latency_ms=c.max_latency_ms)
 
     @property
     def any(self) -> bool:
@@ -438,6 +438,15 @@ def stopped_outcome(settings: TrialSettings, *, plan_json: str, size_bytes: int,
     return TrialOutcome("complete", values=values, constraints=constraints, user_attrs=attrs)
 
 
+def session_stopping(session) -> tuple[StopRule, RungTable] | None:
+    """The study's rule and its rung table rebuilt from the recorded trials (what both
+    executors start from); None when ``early_stopping`` is off."""
+    if not session.config.early_stopping.enabled:
+        return None
+    rule = StopRule.from_config(session.config, n_val=len(session.context.splits.val))
+    return rule, RungTable.from_trials(session.study.get_trials(deepcopy=False))
+
+
 # -- the in-process loop's hooks ----------------------------------------------------------------------
 
 class TrialHooks:
@@ -458,13 +467,8 @@ class TrialHooks:
 
     @classmethod
     def for_session(cls, session) -> "TrialHooks":
-        config = session.config
-        rule = None
-        table = None
-        if config.early_stopping.enabled:
-            rule = StopRule.from_config(config, n_val=len(session.context.splits.val))
-            table = RungTable.from_trials(session.study.get_trials(deepcopy=False))
-        return cls(budgets=Budgets.from_config(config), rule=rule, table=table)
+        rule, table = session_stopping(session) or (None, None)
+        return cls(budgets=Budgets.from_config(session.config), rule=rule, table=table)
 
     def run(self, trial, plan, ctx: TrialContext) -> TrialOutcome:
         """Run one asked Optuna trial (the driver records the outcome)."""

@@ -68,8 +68,8 @@ from ray.tune.search import Searcher
 from compresstune.data import Split
 from compresstune.plan import CompressionPlan
 from compresstune.search._controller import Session, record
-from compresstune.search._early_stop import (ACCURACY_KEY, STEP_KEY, Budgets, RungTable, StopRule, preflight,
-                                             run_checked, rung_result, stopped_outcome)
+from compresstune.search._early_stop import (ACCURACY_KEY, STEP_KEY, Budgets, preflight, run_checked, rung_result,
+                                             session_stopping, stopped_outcome)
 from compresstune.search._local import _too_many_failures
 from compresstune.search._progress import Progress
 from compresstune.search._ray_stop import ParetoStopScheduler
@@ -769,10 +769,10 @@ def _optuna_number(trial) -> Any:
 def stop_scheduler(session: Session) -> ParetoStopScheduler | None:
     """The early-stopping scheduler of the study (None when ``early_stopping`` is off); its
     rung table starts from the study's recorded trials, keyed like them by trial number."""
-    if not session.config.early_stopping.enabled:
+    stopping = session_stopping(session)
+    if stopping is None:
         return None
-    rule = StopRule.from_config(session.config, n_val=len(session.context.splits.val))
-    table = RungTable.from_trials(session.study.get_trials(deepcopy=False))
+    rule, table = stopping
     return ParetoStopScheduler(rule=rule, table=table, key_of=_optuna_number)
 
 
