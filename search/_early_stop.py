@@ -24,8 +24,8 @@ or at its last step (which would save nothing). Size is known before training
 (the packed size depends only on the plan), so it never needs a rung.
 
 The defaults (2 standard errors, ``rung_slack`` 0.5, ``grace`` 0.25) were
-chosen on the curves of plain searches (digits: 6 searches, LeNet-300-100: 3)
-and then checked on searches with seed trials, whose stopped trials were re-run
+chosen on the curves of plain searches (digits: 6 searches, LeNet-300-100: 3;
+``benchmarks/early_stop_replay.py`` replays the rule over such curves) and then checked on searches with seed trials, whose stopped trials were re-run
 to the end (BENCHMARKS.md, "Search efficiency"): without a grace period, a
 digits trial at 0.75 after 25 of 150 steps, stopped by a smaller one at 0.93,
 would have ended at 0.975 on the final front. The first sixth of a fine-tune
