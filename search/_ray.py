@@ -74,7 +74,7 @@ from compresstune.search._local import _too_many_failures
 from compresstune.search._progress import Progress
 from compresstune.search._ray_stop import ParetoStopScheduler
 from compresstune.search._seeds import SeedRefiner
-from compresstune.search._storage import SearchError, requeue
+from compresstune.search._storage import SearchError, repair_interrupted, requeue
 from compresstune.search._trial import TrialContext, TrialOutcome, run_trial
 
 __all__ = ["WORKER_RETRIES", "run_ray"]
@@ -375,9 +375,15 @@ class StudySearcher(_DriverOnly, Searcher):
         self._add_rung(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        trial = self.live.pop(trial_id, None)
+        # The trial leaves `live` only once recorded: an interrupt in between finds it there
+        # (interrupt_all then fails it unless the tell already happened).
+        trial = self.live.get(trial_id)
         if trial is None:
             return
+        self._complete(trial, trial_id, result, error)
+        self.live.pop(trial_id, None)
+
+    def _complete(self, trial: optuna.Trial, trial_id: str, result: dict | None, error: bool) -> None:
         blob = self.outcomes.pop(trial_id, None)
         worker = self.workers.pop(trial_id, None)
         plan_json = self.plans.pop(trial_id, None)
@@ -748,6 +754,7 @@ def run_ray(session: Session, *, progress: bool = True) -> None:
                 tuner.fit()
         except KeyboardInterrupt:
             searcher.interrupt_all(INTERRUPTED_BY_USER)
+            repair_interrupted(study, session.driver)  # the in-process loop's sweep: nothing stays RUNNING
             raise
         finally:
             bar.close()

@@ -311,6 +311,20 @@ def test_an_interruption_fails_and_requeues_the_trials_in_flight(tmp_path):
     assert session.study.get_trials()[-1].system_attrs["fixed_params"]["distill:alpha"] == 0.25
 
 
+def test_an_interrupt_while_a_finished_trial_is_recorded_leaves_nothing_running(tmp_path, monkeypatch):
+    session = make_session(tmp_path, trials=2)
+    searcher = _ray.StudySearcher(session)
+    a = searcher.suggest("a")
+    report(searcher, "a", a, _ray.execute(a, session.context))
+    monkeypatch.setattr(_ray, "record", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt("SIGTERM")))
+    with pytest.raises(KeyboardInterrupt):
+        searcher.on_trial_complete("a", result={})
+    monkeypatch.undo()
+    assert searcher.interrupt_all(_ray.INTERRUPTED_BY_USER) == [a["number"]]
+    states = [t.state for t in session.study.get_trials()]
+    assert states == [TrialState.FAIL, TrialState.WAITING]
+
+
 def test_searcher_collector_and_stopper_pickle_empty(tmp_path):
     # Tune pickles its config (tuner.pkl); the driver-only objects must not drag the session along.
     searcher = _ray.StudySearcher(make_session(tmp_path))
