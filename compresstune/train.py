@@ -203,6 +203,7 @@ def fit(
     schedule: str = "constant",
     momentum: float = 0.9,
     augment: Augment | None = None,
+    keep_best: bool = False,
 ) -> dict:
     """Train ``model`` in place with cross-entropy.
 
@@ -225,10 +226,16 @@ def fit(
         momentum: SGD momentum; ignored by Adam.
         augment: ``augment(x, generator) -> x`` applied to each training batch
             on the CPU before it is moved to the device.
+        keep_best: with ``val``, end with the weights of the epoch whose
+            validation accuracy was highest (the first such epoch; the choice is
+            made on ``val`` only, never on a test split).
 
     Returns:
-        ``{"epochs", "seconds", "train_loss", "val_accuracy"}``; ``val_accuracy``
-        is ``None`` without ``val`` and ``train_loss`` is ``None`` for 0 epochs.
+        ``{"epochs", "seconds", "train_loss", "val_accuracy", "best_epoch", "val_curve"}``;
+        ``val_accuracy`` (of the weights the model ends with) is ``None`` without
+        ``val``, ``train_loss`` is ``None`` for 0 epochs, ``best_epoch`` is the
+        epoch kept (``epochs`` unless ``keep_best``) and ``val_curve`` lists the
+        validation accuracy after each epoch.
 
     Raises:
         FloatingPointError: the mean loss of an epoch is NaN or infinite.
@@ -239,13 +246,15 @@ def fit(
         1
     """
     _check_fit_args(train, val, epochs, batch_size, lr, weight_decay, seed, optimizer, schedule, momentum)
+    if not isinstance(keep_best, bool) or (keep_best and val is None):
+        raise ValueError(f"`keep_best` must be True (with `val`) or False; got {keep_best!r} with val={val is not None}.")
     device = _device_of(model)
     was_training = model.training
     opt = _make_optimizer(model, optimizer, lr, weight_decay, momentum)
     steps = epochs * max(1, len(train) // batch_size + (len(train) % batch_size > 1))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1)) if schedule == "cosine" else None
     start = time.perf_counter()
-    loss, val_acc = None, None
+    loss, val_acc, curve, best = None, None, [], None
     try:
         with torch.random.fork_rng(devices=_rng_devices(device)):
             torch.manual_seed(seed)
@@ -253,14 +262,21 @@ def fit(
             for epoch in range(1, epochs + 1):
                 loss = _train_epoch(model, train, opt, sched, batch_size, gen, augment, device)
                 val_acc = accuracy(model, val) if val is not None else None
+                curve.append(val_acc)
+                if keep_best and (best is None or val_acc > best[1]):
+                    best = (epoch, val_acc, {k: v.detach().clone() for k, v in model.state_dict().items()})
                 if log is not None:
                     shown = "" if val_acc is None else f" val_accuracy {val_acc:.4f}"
                     log(f"epoch {epoch}/{epochs} loss {loss:.4f}{shown} ({time.perf_counter() - start:.1f}s)")
+        if best is not None:
+            model.load_state_dict(best[2])
+            val_acc = best[1]
         if epochs == 0 and val is not None:
             val_acc = accuracy(model, val)
     finally:
         model.train(was_training)
-    return {"epochs": epochs, "seconds": time.perf_counter() - start, "train_loss": loss, "val_accuracy": val_acc}
+    return {"epochs": epochs, "seconds": time.perf_counter() - start, "train_loss": loss, "val_accuracy": val_acc,
+            "best_epoch": best[0] if best is not None else epochs, "val_curve": [v for v in curve if v is not None]}
 
 
 # --------------------------------------------------------------------------- cached baselines

@@ -1,4 +1,4 @@
-"""Study module: CIFAR-10 with ResNet-20.
+"""Study module: CIFAR-10 with the CIFAR ResNets (20 and 56 in the studies).
 
 The data comes from the JPEG archive (by default
 ``../shared/data/cifar10-jpg.tar.gz`` relative to the current directory); the
@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from compresstune.data import Splits, load_cifar10
-from compresstune.models import ResNet20
 from compresstune.train import fit_cached
+
+from .resnet_cifar import CifarResNet, load_published
 
 from ._common import _describe, _load_checkpoint, _row_keys, _subset  # noqa: F401 (_row_keys: benchmarks/common.py)
 
@@ -91,6 +92,8 @@ def baseline(
     *,
     data: Splits,
     cache_dir: str | Path,
+    depth: int = 20,
+    pretrained: str | Path | None = None,
     epochs: int = 30,
     lr: float = 0.1,
     batch_size: int = 128,
@@ -98,15 +101,21 @@ def baseline(
     momentum: float = 0.9,
     augment: bool = True,
     seed: int = 0,
+    keep_best: bool = True,
     checkpoint: str | Path | None = "auto",
     log: Callable[[str], Any] | None = None,
 ) -> nn.Module:
-    """A trained :class:`~compresstune.models.ResNet20`: the committed checkpoint, or
-    trained and cached in ``cache_dir``.
+    """A trained CIFAR ResNet (:class:`studies.resnet_cifar.CifarResNet`): the
+    committed checkpoint, or trained (from scratch or from published weights)
+    and cached in ``cache_dir``.
 
     Args:
         data: the splits from :func:`data`.
         cache_dir: folder for the cached weights.
+        depth: 20, 32, 44 or 56.
+        pretrained: published weights to start from (e.g.
+            ``../shared/data/pretrained/resnet20-12fca82f.th``, relative to the
+            current directory); None trains from scratch.
         epochs: training epochs; the cosine schedule spans all of them.
         lr: peak SGD learning rate.
         batch_size: rows per step.
@@ -114,8 +123,10 @@ def baseline(
         momentum: Nesterov momentum.
         augment: apply :func:`crop_flip` to training batches.
         seed: seeds initialisation, shuffling and augmentation.
-        checkpoint: ``"auto"`` loads ``studies/checkpoints/cifar10_resnet20.pt`` when
-            it exists and matches these settings and ``data.val``; a path must
+        keep_best: end with the epoch of highest validation accuracy (chosen on
+            ``data.val`` only).
+        checkpoint: ``"auto"`` loads ``studies/checkpoints/cifar10_resnet<depth>.pt``
+            when it exists and matches these settings and ``data.val``; a path must
             exist and match; None always trains (and caches).
         log: receives progress lines, and whether the cache was used.
 
@@ -128,16 +139,27 @@ def baseline(
     settings = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
     if not isinstance(data, Splits) or data.train.x.shape[1:] != (3, 32, 32):
         raise ValueError(f"`data` must be the CIFAR-10 Splits from studies.cifar10.data(); got {_describe(data)}.")
+    if pretrained is not None and not Path(pretrained).expanduser().is_file():
+        raise FileNotFoundError(f"`pretrained` weights not found: {pretrained} (relative paths resolve against "
+                                f"the current directory {Path.cwd()}).")
     if not isinstance(augment, bool):
         raise ValueError(f"`augment` must be True or False; got {augment!r}.")
     with torch.random.fork_rng(devices=[]):
-        model = ResNet20(num_classes=data.num_classes)
-    if _load_checkpoint(model, checkpoint, "cifar10_resnet20", settings, data, log, folder=CHECKPOINTS):
+        model = CifarResNet(depth, num_classes=data.num_classes)
+    if _load_checkpoint(model, checkpoint, f"cifar10_resnet{depth}", settings, data, log, folder=CHECKPOINTS):
         return model.eval()
+
+    def make() -> nn.Module:
+        if pretrained is None:
+            return CifarResNet(depth, num_classes=data.num_classes)
+        return load_published(pretrained, depth=depth)
+
     model, _ = fit_cached(
-        lambda: ResNet20(num_classes=data.num_classes), data, cache_dir=cache_dir,
-        name="cifar10-resnet20", model_settings={"arch": "resnet20", "num_classes": data.num_classes},
+        make, data, cache_dir=cache_dir, name=f"cifar10-resnet{depth}",
+        model_settings={"arch": f"resnet{depth}", "num_classes": data.num_classes,
+                        "pretrained": None if pretrained is None else Path(pretrained).name},
         log=log, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
         optimizer="sgd", schedule="cosine", momentum=momentum, augment=crop_flip if augment else None,
+        keep_best=keep_best,
     )
     return model

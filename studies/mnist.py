@@ -66,6 +66,10 @@ def baseline(
     lr: float = 1e-3,
     batch_size: int = 128,
     weight_decay: float = 0.0,
+    optimizer: str = "adam",
+    schedule: str = "constant",
+    momentum: float = 0.9,
+    keep_best: bool = False,
     seed: int = 0,
     checkpoint: str | Path | None = "auto",
     log: Callable[[str], Any] | None = None,
@@ -76,10 +80,15 @@ def baseline(
         data: the splits from :func:`data`.
         cache_dir: folder for the cached weights.
         arch: ``"lenet300"`` (LeNet-300-100) or ``"lenet5"``.
-        epochs: training epochs (Adam).
-        lr: Adam learning rate.
+        epochs: training epochs.
+        lr: (peak) learning rate.
         batch_size: rows per step.
         weight_decay: L2 penalty.
+        optimizer: ``"adam"`` or ``"sgd"`` (Nesterov momentum ``momentum``).
+        schedule: ``"constant"`` or ``"cosine"`` (annealed per step to 0).
+        momentum: SGD momentum; ignored by Adam.
+        keep_best: end with the epoch of highest validation accuracy (chosen on
+            ``data.val`` only).
         seed: seeds initialisation and shuffling.
         checkpoint: ``"auto"`` loads ``studies/checkpoints/mnist_<arch>.pt`` when it
             exists and matches these settings and ``data.val``; a path must exist
@@ -105,5 +114,6 @@ def baseline(
         lambda: ARCHS[arch](num_classes=data.num_classes), data, cache_dir=cache_dir,
         name=f"mnist-{arch}", model_settings={"arch": arch, "num_classes": data.num_classes},
         log=log, epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+        optimizer=optimizer, schedule=schedule, momentum=momentum, keep_best=keep_best,
     )
     return model

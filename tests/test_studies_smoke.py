@@ -28,9 +28,10 @@ SHARED = ROOT.parent / "shared" / "data"
 #                     whether the baseline comes from studies/checkpoints/)
 SMOKE = {
     "digits": (None, {}, False),
-    "mnist_lenet300": ("mnist", {"train_size": 512, "val_size": 300, "test_size": 200}, False),
+    "mnist_lenet300": ("mnist", {"train_size": 512, "val_size": 300, "test_size": 200}, True),
     "mnist_lenet5": ("mnist", {"train_size": 256, "val_size": 300, "test_size": 200}, True),
     "cifar10_resnet20": ("cifar10-jpg.tar.gz", {"train_size": 128, "val_size": 100, "test_size": 100}, True),
+    "cifar10_resnet56": ("cifar10-jpg.tar.gz", {"train_size": 128, "val_size": 100, "test_size": 100}, True),
     "sst2_transformer": ("sst2", {"train_size": 256, "val_size": 200, "test_size": 100}, True),
 }
 TINY_FINETUNE = {"steps": 2, "batch_size": 16, "eval_every": 2, "eval_batch_size": 256}
@@ -123,7 +124,8 @@ def test_checkpoint_is_used_only_when_settings_and_validation_match(tmp_path, mo
     monkeypatch.setattr(mnist, "CHECKPOINTS", tmp_path)
     d = _fake_mnist(0)
     trained = mnist.baseline(data=d, cache_dir=tmp_path / "cache", epochs=1, checkpoint=None)
-    settings = {"arch": "lenet300", "epochs": 1, "lr": 1e-3, "batch_size": 128, "weight_decay": 0.0, "seed": 0}
+    settings = {"arch": "lenet300", "epochs": 1, "lr": 1e-3, "batch_size": 128, "weight_decay": 0.0,
+                "optimizer": "adam", "schedule": "constant", "momentum": 0.9, "keep_best": False, "seed": 0}
     torch.save({"state_dict": {k: v + 1 for k, v in trained.state_dict().items()},
                 "val_keys": mnist._row_keys(d.val.x), "info": {"settings": settings, "test_accuracy": 0.5}},
                tmp_path / "mnist_lenet300.pt")
