@@ -88,6 +88,22 @@ def test_fit_learns_and_reports():
     assert len(lines) == 5 and lines[0].startswith("epoch 1/5 loss") and "val_accuracy 1.0000" in lines[-1]
 
 
+def test_fit_keep_best_ends_on_the_best_validation_epoch():
+    # Too high a learning rate: the validation accuracy moves from epoch to epoch.
+    train, val = _blobs(seed=0), _blobs(seed=1)
+    noisy = Split(val.x, torch.where(torch.arange(len(val.y)) % 3 == 0, 1 - val.y, val.y))
+    model = _linear()
+    result = fit(model, train, epochs=6, lr=2.0, batch_size=8, val=noisy, keep_best=True, optimizer="sgd")
+    curve = result["val_curve"]
+    assert len(curve) == 6
+    assert result["best_epoch"] == curve.index(max(curve)) + 1
+    assert result["val_accuracy"] == max(curve) == accuracy(model, noisy)
+    plain = fit(_linear(), train, epochs=2, val=val)
+    assert plain["best_epoch"] == 2 and len(plain["val_curve"]) == 2
+    with pytest.raises(ValueError, match="`keep_best` must be True \\(with `val`\\)"):
+        fit(_linear(), train, epochs=1, keep_best=True)
+
+
 def test_fit_is_deterministic_and_leaves_global_rng_alone():
     train = _blobs()
     torch.manual_seed(123)
