@@ -372,8 +372,10 @@ def _skipped_modules(model: nn.Module, layers: dict, alias_of: dict) -> dict[str
         own = [n for n, _ in module.named_parameters(recurse=False)]
         if not own or mod_name in handled or isinstance(module, nn.MultiheadAttention):
             continue
-        if isinstance(module, _NORM_TYPES) or _only_1d_weight(module):
+        if isinstance(module, _NORM_TYPES) or (_only_1d_weight(module) and "norm" in type(module).__name__.lower()):
             skipped[mod_name] = "normalisation layer: kept in float32"
+        elif _only_1d_weight(module):
+            skipped[mod_name] = f"{type(module).__name__} has only a 1-D weight (a normalisation or per-channel scale): kept in float32"
         elif _layer_kind(module) is not None or isinstance(module, tuple(_CONV_KINDS)):
             skipped[mod_name] = "weight is not initialised (lazy module)"
         else:
@@ -385,6 +387,8 @@ def _only_1d_weight(module: nn.Module) -> bool:
     """A custom normalisation layer (LlamaRMSNorm, T5LayerNorm, ...): a 1-D ``weight``
     and at most a 1-D ``bias`` besides."""
     own = dict(module.named_parameters(recurse=False))
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in own.values()):
+        return False
     return "weight" in own and set(own) <= {"weight", "bias"} and all(p.dim() == 1 for p in own.values())
 
 
