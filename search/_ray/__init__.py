@@ -68,7 +68,8 @@ def run_ray(session: Session, *, progress: bool = True) -> None:
     with ray_cluster(session) as concurrency:
         scheduler = stop_scheduler(session)
         searcher = StudySearcher(session, scheduler=scheduler, loop=loop)
-        gate = _Gate.remote(concurrency)
+        # The gate waits for as many worker processes as trials can run at once: no more than remain.
+        gate = _Gate.remote(max(1, min(concurrency, loop.target - loop.complete)))
         shared = (_SharedContext(session.context), res.cpus_per_trial, (gate, uuid.uuid4().hex),
                   Budgets.from_config(session.config), scheduler is not None)
         fn = tune.with_resources(tune.with_parameters(trainable, shared=shared),
