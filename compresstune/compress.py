@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from compresstune.errors import PlanError
-from compresstune.layers import Discovery, LayerInfo, discover
+from compresstune.factored import FactoredConv, FactoredEmbedding, FactoredLinear
+from compresstune.layers import Discovery, LayerInfo, discover, is_transposed_linear, saves_storage
 from compresstune.ops import CompressedWeight, channels_to_keep
 from compresstune.plan import CompressionPlan, LayerPlan
 
@@ -53,6 +54,12 @@ def resolve_plan(plan: CompressionPlan, found: Discovery) -> dict[str, LayerPlan
     shapes = effective_shapes(found, resolved)
     for canon, lp in resolved.items():
         rows, cols = shapes[canon]
+        info = found.layers[canon]
+        if info.matrices and lp.rank is not None and lp.rank > info.max_rank:
+            raise PlanError(
+                f"`rank` of layer {canon!r} must be at most {info.max_rank} (the smallest dimension of its "
+                f"{info.kind} matrices {', '.join(f'{n} {r} x {c}' for n, (r, c) in info.matrices)}); got {lp.rank}."
+            )
         if lp.rank is not None and lp.rank > min(rows, cols):
             raise PlanError(
                 f"`rank` of layer {canon!r} must be at most {min(rows, cols)} (its weight is a {rows} x {cols} "
@@ -154,11 +161,16 @@ def _register(found: Discovery, name: str, lp: LayerPlan, modules: dict) -> None
     if sparsity == 0 and lp.bits == 32 and lp.rank is None:
         return
     module = modules[info.module_name]
-    weight = getattr(module, info.param_name)
-    param = CompressedWeight(tuple(weight.shape), sparsity=sparsity, bits=lp.bits, rank=lp.rank)
-    # unsafe=True only skips torch's shape/dtype self-check, which evaluates every weight once more;
-    # CompressedWeight keeps shape and dtype by construction.
-    parametrize.register_parametrization(module, info.param_name, param, unsafe=True)
+    for param_name in info.param_names:
+        weight = getattr(module, param_name)
+        rank = lp.rank
+        if rank is not None and info.matrices and not saves_storage(rank, weight.shape[0], weight[0].numel()):
+            rank = None  # a recurrent module's matrices are factored only where that saves storage
+        param = CompressedWeight(tuple(weight.shape), sparsity=sparsity, bits=lp.bits, rank=rank,
+                                 out_axis=info.out_axis, groups=info.groups)
+        # unsafe=True only skips torch's shape/dtype self-check, which evaluates every weight once more;
+        # CompressedWeight keeps shape and dtype by construction.
+        parametrize.register_parametrization(module, param_name, param, unsafe=True)
     for alias in info.aliases:
         alias_module, alias_param = found.slots[alias]
         if modules[alias_module] is module and alias_param == info.param_name:
@@ -251,21 +263,24 @@ def compressed_slots(model: nn.Module):
 def squash(model: nn.Module) -> nn.Module:
     """A plain ``nn.Module`` computing what the compressed ``model`` computes.
 
-    Low-rank Linear/Conv/Embedding layers become two layers (Conv: a k x k conv
-    to ``rank`` channels then a 1 x 1 conv); weights are dequantized and
+    Low-rank Linear / Conv1D / Conv / transposed Conv / Embedding layers become
+    a :mod:`compresstune.factored` module of two small layers (Conv: a k x k conv
+    to ``rank`` channels then a 1 x 1 conv) that keeps the replaced layer's
+    attributes and a read-only, cached ``.weight``; weights are dequantized and
     masked; structured pruning is already physical. Factored weights that are
-    tied, or live inside ``nn.MultiheadAttention`` or a Transformer layer (which
-    read their weights directly), are materialised as one matrix; a model that
-    is itself one factored layer comes back as an ``nn.Sequential`` of two. The
-    result needs no compresstune to load or run, and works with ``torch.export``.
+    tied, belong to a recurrent module, or live inside ``nn.MultiheadAttention``
+    or a Transformer layer (which read their weights directly), are
+    materialised as one matrix. The result holds no parametrization, works with
+    ``torch.export``, and needs nothing of compresstune but the torch-only
+    ``compresstune.factored`` classes (none at all when nothing is factored).
 
     Example:
         >>> import torch, torch.nn as nn
         >>> from compresstune.plan import CompressionPlan, LayerPlan
         >>> small = apply(nn.Linear(16, 8), CompressionPlan({"": LayerPlan(rank=2, bits=8)}))
         >>> plain = squash(nn.Sequential(small))
-        >>> isinstance(plain[0], nn.Sequential)
-        True
+        >>> type(plain[0]).__name__, plain[0].weight.shape
+        ('FactoredLinear', torch.Size([8, 16]))
     """
     out = copy.deepcopy(model)
     for module in out.modules():
@@ -326,34 +341,45 @@ def _stored_parts(module: nn.Module, par: CompressedWeight) -> list[torch.Tensor
 
 
 def _split_factored(module: nn.Module, par: CompressedWeight) -> nn.Module | None:
-    a, b = _stored_parts(module, par)
+    a, b = _stored_parts(module, par)  # rows first: a is (out x rank), b is (rank x in*k)
     rank = par.rank
     kind = parametrize.type_before_parametrizations(module)
-    if isinstance(module, nn.Linear):
-        first = nn.Linear(module.in_features, rank, bias=False)
-        second = nn.Linear(rank, module.out_features, bias=module.bias is not None)
-        first.weight.copy_(b)
-        second.weight.copy_(a)
+    if isinstance(module, nn.Linear) or is_transposed_linear(module):
+        out_features, in_features = a.shape[0], b.shape[1]
+        split = FactoredLinear(in_features, out_features, rank, bias=module.bias is not None,
+                               transposed=not isinstance(module, nn.Linear))
+        split.first.weight.copy_(b)
+        split.second.weight.copy_(a)
         if module.bias is not None:
-            second.bias.copy_(module.bias)
-        return nn.Sequential(first, second)
-    if kind in (nn.Conv1d, nn.Conv2d):
-        conv = kind
-        first = conv(module.in_channels, rank, module.kernel_size, stride=module.stride, padding=module.padding,
-                     dilation=module.dilation, bias=False, padding_mode=module.padding_mode)
-        second = conv(rank, module.out_channels, 1, bias=module.bias is not None)
-        first.weight.copy_(b.reshape(first.weight.shape))
-        second.weight.copy_(a.reshape(second.weight.shape))
-        if module.bias is not None:
-            second.bias.copy_(module.bias)
-        return nn.Sequential(first, second)
+            split.second.bias.copy_(module.bias)
+        return split.to(a.device)
+    if issubclass(kind, nn.modules.conv._ConvNd) and module.groups == 1:
+        return _split_conv(module, kind, a, b, rank)
     if kind is nn.Embedding and module.max_norm is None:
-        first = nn.Embedding(module.num_embeddings, rank, padding_idx=module.padding_idx)
-        second = nn.Linear(rank, module.embedding_dim, bias=False)
-        first.weight.copy_(a)
-        second.weight.copy_(b.t())
-        return nn.Sequential(first, second)
+        split = FactoredEmbedding(module.num_embeddings, module.embedding_dim, rank, padding_idx=module.padding_idx)
+        split.first.weight.copy_(a)
+        split.second.weight.copy_(b.t())
+        return split.to(a.device)
     return None
+
+
+_POINTWISE = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def _split_conv(module: nn.Module, kind: type, a: torch.Tensor, b: torch.Tensor, rank: int) -> nn.Module:
+    dims = len(module.kernel_size)
+    common = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, bias=False)
+    if module.transposed:
+        first = kind(module.in_channels, rank, module.kernel_size, output_padding=module.output_padding, **common)
+        first.weight.copy_(b.reshape(rank, module.in_channels, *module.kernel_size).transpose(0, 1))
+    else:
+        first = kind(module.in_channels, rank, module.kernel_size, padding_mode=module.padding_mode, **common)
+        first.weight.copy_(b.reshape(first.weight.shape))
+    second = _POINTWISE[dims](rank, module.out_channels, 1, bias=module.bias is not None)
+    second.weight.copy_(a.reshape(second.weight.shape))
+    if module.bias is not None:
+        second.bias.copy_(module.bias)
+    return FactoredConv(first, second).to(a.device)
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -121,7 +121,7 @@ __all__ = [
     "resolve_import",
 ]
 
-KINDS = ("linear", "conv1d", "conv2d", "embedding", "attention")
+from compresstune.layers import KINDS  # noqa: E402 - every kind discovery reports
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 OBJECTIVES = ("accuracy", "size", "latency", "bops")
 OPTIMIZERS = ("adam", "sgd")
@@ -253,7 +253,7 @@ RangeKnob = Annotated[FloatRange, BeforeValidator(_as_range)]
 BitsKnob = Annotated[list[Int], BeforeValidator(_as_list)]
 FractionKnob = Annotated[list[Num], BeforeValidator(_as_fractions)]
 BoolKnob = Annotated[list[StrictBool], BeforeValidator(_as_list)]
-Kind = Literal["linear", "conv1d", "conv2d", "embedding", "attention"]
+Kind = Literal[KINDS]
 
 
 # -- space -------------------------------------------------------------------------

@@ -4,15 +4,29 @@
 compress, keyed by the name plans use, plus the modules it cannot handle with
 the reason. Operator support by layer kind:
 
-=====================  ======  ========  ========  ==========
-kind                   prune   quantize  low-rank  structured
-=====================  ======  ========  ========  ==========
-linear                 yes     yes       yes       if traced
-conv1d / conv2d        yes     yes       yes       if traced
-grouped / depthwise    yes     yes       no        no
-embedding              yes     yes       yes       no
-attention projection   yes     yes       yes       no
-=====================  ======  ========  ========  ==========
+=========================  =================  ======  ========  ========  ==========
+module                     kind               prune   quantize  low-rank  structured
+=========================  =================  ======  ========  ========  ==========
+nn.Linear                  linear             yes     yes       yes       if traced
+transformers Conv1D        transposed_linear  yes     yes       yes       no
+nn.Conv1d / 2d / 3d        conv1d/2d/3d       yes     yes       yes       if traced
+grouped / depthwise conv   conv1d/2d/3d       yes     yes       no        no
+nn.ConvTranspose1d/2d/3d   conv_transpose1d.. yes     yes       groups=1  no
+nn.Embedding               embedding          yes     yes       yes       no
+attention projection       attention          yes     yes       yes       no
+nn.LSTM / nn.GRU / nn.RNN  lstm / gru / rnn   yes     yes       yes       no
+=========================  =================  ======  ========  ========  ==========
+
+Every operator works on the weight with its output channels first: the
+transposed layouts (Conv1D's ``(in, out)``, a transposed convolution's
+``(in, out/groups, *k)``) are turned round for it (:mod:`compresstune.ops.layout`),
+so quantization scales are per output channel for every kind.
+
+A recurrent module is one layer in the plan (its FQN is the module's): every
+weight matrix (``weight_ih_l*``, ``weight_hh_l*``, ``*_reverse``, ``weight_hr_l*``)
+takes the layer's sparsity and bits, and its rank where that factorisation saves
+storage on the matrix; the biases stay float32. ``LayerInfo.matrices`` lists the
+matrices, and the artifact holds one record per matrix.
 
 "if traced": structured (output-channel) pruning needs torch.fx to find every
 consumer of the layer's channels; it is refused, with the reason, when tracing
@@ -33,9 +47,15 @@ from torch import nn
 
 from compresstune.errors import PlanError
 
-__all__ = ["Consumer", "Discovery", "LayerInfo", "discover"]
+__all__ = ["KINDS", "Consumer", "Discovery", "LayerInfo", "discover"]
 
 OPERATORS = ("prune", "quantize", "lowrank", "structured")
+# Every kind discovery reports; a study's `space.types` selects among these.
+KINDS = (
+    "linear", "transposed_linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+    "conv_transpose3d", "embedding", "attention", "lstm", "gru", "rnn",
+)
+RNN_KINDS = ("lstm", "gru", "rnn")
 
 
 @dataclass(frozen=True)
@@ -55,10 +75,18 @@ class LayerInfo:
         name: the FQN plans use. For ``nn.MultiheadAttention`` the packed
             projection is ``<attn>.in_proj`` (or ``<attn>.q_proj`` etc. when
             key/value dims differ) and the output projection ``<attn>.out_proj``.
-        kind: "linear", "conv1d", "conv2d", "embedding" or "attention".
-        module_name / param_name: where the weight lives.
-        shape: the weight's shape; the matrix view is ``rows x cols`` with
-            ``rows`` the output channels.
+        kind: one of :data:`KINDS`.
+        module_name / param_name: where the weight lives (for a recurrent
+            module, ``param_name`` is its first matrix).
+        shape: the weight's shape with the output channels first; the matrix
+            view is ``rows x cols`` with ``rows`` the output channels. For a
+            recurrent module: its matrices side by side (``gate rows x sum of
+            their columns``).
+        weight_shape: the weight's shape as the module stores it.
+        out_axis: the dim of ``weight_shape`` holding the output channels (1
+            for transformers' Conv1D and transposed convolutions, else 0).
+        matrices: for a recurrent module, ``(param_name, (rows, cols))`` of
+            each weight matrix; empty for the other kinds.
         aliases: other FQNs tied to the same tensor (stored and compressed once).
         refused: operator -> reason, for operators this layer cannot take.
         consumers: modules to shrink with structured pruning.
@@ -73,6 +101,9 @@ class LayerInfo:
     aliases: tuple[str, ...] = ()
     refused: dict = field(default_factory=dict)
     consumers: tuple[Consumer, ...] = ()
+    weight_shape: tuple[int, ...] = ()
+    out_axis: int = 0
+    matrices: tuple[tuple[str, tuple[int, int]], ...] = ()
 
     @property
     def rows(self) -> int:
@@ -87,11 +118,20 @@ class LayerInfo:
 
     @property
     def numel(self) -> int:
+        if self.matrices:
+            return sum(r * c for _, (r, c) in self.matrices)
         return self.rows * self.cols
 
     @property
     def max_rank(self) -> int:
+        if self.matrices:
+            return min(min(r, c) for _, (r, c) in self.matrices)
         return min(self.rows, self.cols)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Every weight this layer compresses (several for a recurrent module)."""
+        return tuple(name for name, _ in self.matrices) or (self.param_name,)
 
     @property
     def structured_ok(self) -> str | None:
@@ -108,6 +148,9 @@ class LayerInfo:
             raise PlanError(f"`rank_fraction` must be in (0, 1]; got {fraction!r}.")
         if "lowrank" in self.refused:
             return None
+        if self.matrices:  # one rank for every matrix, used where it saves storage
+            rank = max(1, round(fraction * self.max_rank))
+            return rank if any(saves_storage(rank, r, c) for _, (r, c) in self.matrices) else None
         rows, cols = shape if shape is not None else (self.rows, self.cols)
         rank = max(1, round(fraction * min(rows, cols)))
         return rank if saves_storage(rank, rows, cols) else None
@@ -152,17 +195,38 @@ def _preview(names, limit: int = 12) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+_NORM_TYPES = tuple(t for t in (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm,
+                                 getattr(nn, "RMSNorm", None)) if t is not None)
+_CONV_KINDS = {
+    nn.Conv1d: "conv1d", nn.Conv2d: "conv2d", nn.Conv3d: "conv3d", nn.ConvTranspose1d: "conv_transpose1d",
+    nn.ConvTranspose2d: "conv_transpose2d", nn.ConvTranspose3d: "conv_transpose3d",
+}
+_RNN_KINDS = {nn.LSTM: "lstm", nn.GRU: "gru", nn.RNN: "rnn"}
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """True for transformers' ``Conv1D`` (a Linear whose weight is stored ``(in, out)``),
+    matched by class name and module so that transformers is never imported."""
+    return any(cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+               for cls in type(module).__mro__)
 
 
 def _layer_kind(module: nn.Module) -> str | None:
     if isinstance(module, nn.Linear):
         return "linear"
-    if type(module) in (nn.Conv1d, nn.Conv2d):
-        return "conv1d" if isinstance(module, nn.Conv1d) else "conv2d"
+    if type(module) in _CONV_KINDS:
+        return _CONV_KINDS[type(module)]
     if type(module) is nn.Embedding:
         return "embedding"
+    if type(module) in _RNN_KINDS:
+        return _RNN_KINDS[type(module)]
+    if is_transposed_linear(module):
+        return "transposed_linear"
     return None
+
+
+def _out_axis(kind: str) -> int:
+    return 1 if kind == "transposed_linear" or kind.startswith("conv_transpose") else 0
 
 
 def _attention_weights(prefix: str, mha: nn.MultiheadAttention):
@@ -188,7 +252,13 @@ def _candidates(model: nn.Module):
             continue
         if mod_name in attention_children:
             kind = "attention"
-        yield mod_name, kind, mod_name, "weight", module
+        pname = _rnn_matrices(module)[0] if kind in RNN_KINDS else "weight"
+        yield mod_name, kind, mod_name, pname, module
+
+
+def _rnn_matrices(module: nn.RNNBase) -> list[str]:
+    """The weight matrices of a recurrent module, in its own order (biases excluded)."""
+    return [n for n in module._flat_weights_names if n.startswith("weight_")]
 
 
 def _static_refusals(kind: str, module: nn.Module, weight: torch.Tensor) -> dict:
@@ -197,6 +267,13 @@ def _static_refusals(kind: str, module: nn.Module, weight: torch.Tensor) -> dict
     if groups > 1:
         refused["lowrank"] = f"grouped convolution (groups={groups}): a factorisation would mix groups"
         refused["structured"] = f"grouped convolution (groups={groups}) ties output to input channels"
+    if kind == "transposed_linear":
+        refused["structured"] = ("structured pruning of transformers' Conv1D is not supported "
+                                 "(torch.fx traces through it, so its consumers cannot be proven)")
+    if kind.startswith("conv_transpose"):
+        refused.setdefault("structured", "structured pruning of a transposed convolution is not supported")
+    if kind in RNN_KINDS:
+        refused["structured"] = "a recurrent layer's rows are gates that feed back into the layer itself"
     if kind == "embedding":
         refused["structured"] = "an embedding's rows are tokens, not channels"
         if module.max_norm is not None or module.sparse:
@@ -244,10 +321,7 @@ def discover(model: nn.Module, *, trace: bool = True) -> Discovery:
                 alias_of[fqn] = owner
             continue
         owner_by_tensor[key] = fqn
-        layers[fqn] = LayerInfo(
-            name=fqn, kind=kind, module_name=mod_name, param_name=pname, shape=tuple(weight.shape),
-            groups=getattr(module, "groups", 1), refused=_static_refusals(kind, module, weight),
-        )
+        layers[fqn] = _layer_info(fqn, kind, mod_name, pname, module, weight)
     _attach_aliases(layers, alias_of)
     skipped = _skipped_modules(model, layers, alias_of)
     if trace:
@@ -255,6 +329,22 @@ def discover(model: nn.Module, *, trace: bool = True) -> Discovery:
     else:
         _refuse_all_structured(layers, "graph analysis was disabled (trace=False)")
     return Discovery(layers=layers, skipped=skipped, alias_of=alias_of, slots=slots)
+
+
+def _layer_info(fqn: str, kind: str, mod_name: str, pname: str, module: nn.Module, weight: torch.Tensor) -> LayerInfo:
+    groups = getattr(module, "groups", 1)
+    out_axis = _out_axis(kind)
+    native = tuple(weight.shape)
+    shape = native if out_axis == 0 else (native[1] * groups, native[0] // groups, *native[2:])
+    matrices: tuple = ()
+    if kind in RNN_KINDS:
+        matrices = tuple((n, tuple(getattr(module, n).shape)) for n in _rnn_matrices(module))
+        total = sum(r * c for _, (r, c) in matrices)
+        shape = (native[0], -(-total // native[0]))  # side by side (exact unless LSTM proj_size)
+    return LayerInfo(
+        name=fqn, kind=kind, module_name=mod_name, param_name=pname, shape=shape, groups=groups,
+        refused=_static_refusals(kind, module, weight), weight_shape=native, out_axis=out_axis, matrices=matrices,
+    )
 
 
 def _is_parametrized(module: nn.Module, name: str) -> bool:
@@ -282,13 +372,24 @@ def _skipped_modules(model: nn.Module, layers: dict, alias_of: dict) -> dict[str
         own = [n for n, _ in module.named_parameters(recurse=False)]
         if not own or mod_name in handled or isinstance(module, nn.MultiheadAttention):
             continue
-        if isinstance(module, _NORM_TYPES):
+        if isinstance(module, _NORM_TYPES) or (_only_1d_weight(module) and "norm" in type(module).__name__.lower()):
             skipped[mod_name] = "normalisation layer: kept in float32"
-        elif _layer_kind(module) is not None or isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        elif _only_1d_weight(module):
+            skipped[mod_name] = f"{type(module).__name__} has only a 1-D weight (a normalisation or per-channel scale): kept in float32"
+        elif _layer_kind(module) is not None or isinstance(module, tuple(_CONV_KINDS)):
             skipped[mod_name] = "weight is not initialised (lazy module)"
         else:
             skipped[mod_name] = f"{type(module).__name__} is not a supported layer kind; its parameters ({', '.join(own)}) are kept in float32"
     return skipped
+
+
+def _only_1d_weight(module: nn.Module) -> bool:
+    """A custom normalisation layer (LlamaRMSNorm, T5LayerNorm, ...): a 1-D ``weight``
+    and at most a 1-D ``bias`` besides."""
+    own = dict(module.named_parameters(recurse=False))
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in own.values()):
+        return False
+    return "weight" in own and set(own) <= {"weight", "bias"} and all(p.dim() == 1 for p in own.values())
 
 
 # -- structured-pruning graph analysis ------------------------------------------
@@ -299,8 +400,8 @@ _PASS_MODULES = (
 )
 # Pooling acts on the trailing (spatial) dims: it keeps a Conv's channels (dim 1) but mixes a Linear's (last dim).
 _POOL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )
 _PASS_FUNCTIONS = {
     torch.relu, torch.nn.functional.relu, torch.nn.functional.gelu, torch.nn.functional.silu,
@@ -400,13 +501,13 @@ def _classify(node, modules: dict, flattened: bool, tied_modules: set, channels_
         mod = modules[node.target]
         if node.target in tied_modules:
             raise _NotPrunable(f"its channels feed {node.target!r}, whose weight is tied")
-        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)) and not flattened:
+        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and not flattened:
             return Consumer(node.target, "batchnorm")
         if isinstance(mod, nn.Linear):
             if not (flattened or channels_last):
                 raise _NotPrunable(f"its channels (dim 1) feed Linear {node.target!r}, which acts on the last dim")
             return Consumer(node.target, "linear")
-        if type(mod) in (nn.Conv1d, nn.Conv2d) and not flattened:
+        if type(mod) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and not flattened:
             if channels_last:
                 raise _NotPrunable(f"its channels (last dim) feed Conv {node.target!r}, which acts on dim 1")
             if mod.groups > 1:

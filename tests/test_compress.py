@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from torch.nn.utils import parametrize
 import compresstune as ct
 from compresstune.compress import TiedTo, compressed_slots
 from compresstune.errors import PlanError
+from compresstune.factored import FactoredConv, FactoredEmbedding, FactoredLinear
 from compresstune.ops import CompressedWeight, fake_quantize
 from compresstune.plan import CompressionPlan, LayerPlan
 from tests.conftest import (
@@ -320,20 +322,23 @@ def test_a_module_used_twice_is_compressed_once():
     x = torch.randn(3, 8)
     assert torch.allclose(run(small, x), run(ct.squash(small), x), atol=1e-6)
     plain = ct.squash(small)
-    assert plain[0] is plain[2] and isinstance(plain[0], nn.Sequential)
+    assert plain[0] is plain[2] and isinstance(plain[0], FactoredLinear)
 
 
 # -- squash ------------------------------------------------------------------------------------
 
 
 def _no_compresstune_inside(model: nn.Module) -> None:
+    """Nothing of compresstune is left but the torch-only classes of compresstune.factored."""
     assert not has_parametrizations(model)
     for module in model.modules():
-        assert not type(module).__module__.startswith("compresstune"), type(module)
+        assert type(module).__module__ in ("compresstune.factored",) or not type(module).__module__.startswith(
+            "compresstune"), type(module)
         assert not type(module).__name__.startswith("Parametrized")
         for value in vars(module).values():
             assert not type(value).__module__.startswith("compresstune"), (type(module), type(value))
-    assert b"compresstune" not in pickle.dumps(model)
+    names = set(re.findall(rb"compresstune[\w.]*", pickle.dumps(model)))
+    assert names <= {b"compresstune.factored"}, names
 
 
 def test_squash_splits_low_rank_layers_into_two():
@@ -342,16 +347,26 @@ def test_squash_splits_low_rank_layers_into_two():
     small = ct.apply(model, CompressionPlan({"0": LayerPlan(rank=4, bits=8), "1": LayerPlan(rank=5, sparsity=0.3),
                                              "3": LayerPlan(rank=2, bits=4)}))
     plain = ct.squash(small)
-    assert [type(m) for m in plain[0]] == [nn.Embedding, nn.Linear] and plain[0][0].weight.shape == (30, 4)
-    assert [type(m) for m in plain[1]] == [nn.Linear, nn.Linear]
-    assert (plain[1][0].in_features, plain[1][0].out_features, plain[1][1].out_features) == (12, 5, 20)
-    assert plain[1][0].bias is None and plain[1][1].bias is not None
+    assert isinstance(plain[0], FactoredEmbedding) and plain[0].first.weight.shape == (30, 4)
+    assert isinstance(plain[1], FactoredLinear)
+    assert (plain[1].first.in_features, plain[1].first.out_features, plain[1].second.out_features) == (12, 5, 20)
+    assert plain[1].first.bias is None and plain[1].bias is plain[1].second.bias is not None
+    # .weight is the product, in the layer's own layout, cached and not in the state dict
+    assert plain[1].weight.shape == (20, 12) and plain[0].weight.shape == (30, 12)
+    assert torch.allclose(plain[1].weight, small[1].weight, atol=1e-6)
+    assert torch.allclose(plain[0].weight, small[0].weight, atol=1e-6)
+    assert plain[1].weight is plain[1].weight and "weight" not in "".join(plain[1].state_dict()).replace(".weight", "")
     tok = torch.randint(0, 30, (3, 5))
     assert torch.allclose(run(plain, tok), run(small, tok), atol=1e-5)
+    with torch.no_grad():
+        plain[1].first.weight.mul_(2)  # a factor changes: the cached product follows
+    assert torch.allclose(plain[1].weight, 2 * small[1].weight, atol=1e-5)
 
     small_c = ct.apply(convs, CompressionPlan({"0": LayerPlan(rank=3, bits=6)}))
     plain_c = ct.squash(small_c)
-    first, second = plain_c[0]
+    first, second = plain_c[0].first, plain_c[0].second
+    assert plain_c[0].weight.shape == small_c[0].weight.shape == (12, 4, 3, 3)
+    assert torch.allclose(plain_c[0].weight, small_c[0].weight, atol=1e-6)
     assert (first.in_channels, first.out_channels, first.kernel_size, first.stride) == (4, 3, (3, 3), (2, 2))
     assert (second.in_channels, second.out_channels, second.kernel_size) == (3, 12, (1, 1))
     img = torch.randn(2, 4, 9, 9)
@@ -368,7 +383,7 @@ def test_squash_every_kind_is_plain_equal_and_exportable():
     assert torch.allclose(run(plain, *x), y, atol=1e-5)
     assert plain.head.weight is plain.emb.weight  # still tied
     assert isinstance(plain.enc.linear1, nn.Linear)  # Transformer layers read .weight: one matrix
-    assert isinstance(plain.fc1, nn.Sequential) and isinstance(plain.c3, nn.Sequential)
+    assert isinstance(plain.fc1, FactoredLinear) and isinstance(plain.c3, FactoredConv)
     assert all(isinstance(p, nn.Parameter) for p in (plain.enc.linear1.weight, plain.enc.self_attn.in_proj_weight))
     assert torch.allclose(run(small, *x), y)  # squash leaves the compressed model working
     exported = torch.export.export(plain, x)
@@ -389,7 +404,7 @@ def test_squash_inside_transformer_layers_in_eval_fast_path():
 def test_squash_of_a_single_factored_layer():
     small = ct.apply(nn.Linear(16, 8), CompressionPlan({"": LayerPlan(rank=2, bits=8)}))
     plain = ct.squash(small)
-    assert isinstance(plain, nn.Sequential) and len(plain) == 2
+    assert isinstance(plain, FactoredLinear) and plain.weight.shape == (8, 16)
     x = torch.randn(3, 16)
     assert torch.allclose(run(plain, x), run(small, x), atol=1e-6)
 
@@ -421,17 +436,26 @@ class Net(nn.Module):
 
 
 def test_squashed_model_loads_without_compresstune(tmp_path, monkeypatch):
+    """Without factored layers the pickled squashed model needs no compresstune at all; with
+    them, its torch.export program does not either."""
     (tmp_path / "ct_squash_model.py").write_text(SQUASH_MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
     import ct_squash_model
 
     try:
         model = ct_squash_model.Net()
-        plan = CompressionPlan({"emb": LayerPlan(rank=3, bits=4), "attn.in_proj": LayerPlan(sparsity=0.5, bits=8, rank=4),
-                                "conv": LayerPlan(rank=4, sparsity=0.5), "fc": LayerPlan(bits=2)})
-        plain = ct.squash(ct.apply(model, plan)).eval()
         tok = torch.randint(0, 20, (2, 6))
+        unfactored = CompressionPlan({"emb": LayerPlan(bits=4), "attn.in_proj": LayerPlan(sparsity=0.5, bits=8, rank=4),
+                                      "conv": LayerPlan(sparsity=0.5), "fc": LayerPlan(bits=2)})
+        plain = ct.squash(ct.apply(model, unfactored)).eval()
         torch.save({"model": plain, "tok": tok, "y": run(plain, tok)}, tmp_path / "plain.pt")
+        factored = CompressionPlan({"emb": LayerPlan(rank=3, bits=4), "attn.in_proj": LayerPlan(sparsity=0.5, bits=8, rank=4),
+                                    "conv": LayerPlan(rank=4, sparsity=0.5), "fc": LayerPlan(bits=2)})
+        plain_f = ct.squash(ct.apply(model, factored)).eval()
+        assert isinstance(plain_f.emb, FactoredEmbedding) and isinstance(plain_f.conv, FactoredConv)
+        torch.export.save(torch.export.export(plain_f, (tok,)), tmp_path / "factored.pt2")
+        y_f = run(plain_f, tok)
+        torch.save({"tok": tok, "y": y_f}, tmp_path / "factored_io.pt")
     finally:
         sys.modules.pop("ct_squash_model", None)
     script = textwrap.dedent(f"""
@@ -444,6 +468,9 @@ def test_squashed_model_loads_without_compresstune(tmp_path, monkeypatch):
         with torch.no_grad():
             y = model(saved["tok"])
         assert torch.allclose(y, saved["y"], atol=1e-6)
+        program = torch.export.load({str(tmp_path / 'factored.pt2')!r})
+        io = torch.load({str(tmp_path / 'factored_io.pt')!r})
+        assert torch.allclose(program.module()(io["tok"]), io["y"], atol=1e-5)
         assert not [m for m, v in sys.modules.items() if m.startswith("compresstune") and v is not None]
         print("ok")
     """)

@@ -72,25 +72,24 @@ class Odd(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(4, 4)
-        self.lstm = nn.LSTM(4, 4)
-        self.c3d = nn.Conv3d(1, 2, 1)
-        self.tconv = nn.ConvTranspose2d(2, 2, 1)
+        self.bil = nn.Bilinear(4, 4, 4)
         self.norm = nn.LayerNorm(4)
+        self.prelu = nn.PReLU(4)
         self.lazy = nn.LazyLinear(3)
         self.scale = nn.Parameter(torch.ones(4))
 
     def forward(self, x):
-        return self.lazy(self.norm(self.lstm(self.fc(x) * self.scale)[0]))
+        h = self.fc(x) * self.scale
+        return self.lazy(self.prelu(self.norm(self.bil(h, h))))
 
 
 def test_unhandled_layers_are_listed_with_the_reason():
     found = ct.discover(Odd())
     assert list(found.layers) == ["fc"]
-    assert "LSTM is not a supported layer kind" in found.skipped["lstm"]
-    assert "weight_ih_l0" in found.skipped["lstm"]
-    assert "Conv3d is not a supported layer kind" in found.skipped["c3d"]
-    assert "ConvTranspose2d is not a supported layer kind" in found.skipped["tconv"]
-    assert "normalisation" in found.skipped["norm"]
+    assert "Bilinear is not a supported layer kind" in found.skipped["bil"]
+    assert "(weight, bias)" in found.skipped["bil"]
+    assert found.skipped["norm"] == "normalisation layer: kept in float32"
+    assert "PReLU has only a 1-D weight" in found.skipped["prelu"]
     assert "lazy" in found.skipped["lazy"]
     assert "Odd is not a supported layer kind" in found.skipped[""] and "scale" in found.skipped[""]
 
