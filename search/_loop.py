@@ -117,7 +117,8 @@ class TrialLoop:
         self.live[key] = trial  # from here on an interruption finds it
         self.records.write(trial, {"driver": self.session.driver})
         try:
-            plan = self.session.space.suggest(trial)
+            with self.records.batched_params(trial):
+                plan = self.session.space.suggest(trial)
         except KeyboardInterrupt:
             self._finish_suggest(trial)
             self.interrupt(key, INTERRUPTED_BY_USER)

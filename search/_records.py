@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -358,6 +359,45 @@ class Records:
             cached.user_attrs.update(user_attrs)
             cached.system_attrs.update(system)
 
+    @contextmanager
+    def batched_params(self, trial):
+        """While the space draws a trial's parameters, write them in one transaction
+        at the end instead of one per parameter (on an RDB storage behind Optuna's
+        cache; other storages write as usual).
+
+        The trial reads its own parameters from its in-memory record, so deferring
+        the writes changes nothing it sees; they are written however the block
+        ends (an interrupted trial is queued again with what it drew).
+        """
+        storage = trial.storage
+        rdb = self._rdb()
+        if rdb is None or rdb is storage or not hasattr(storage, "_trial_id_to_study_id_and_number"):
+            yield
+            return
+        pending: list[tuple] = []
+        trial.storage = _ParamBuffer(storage, self.trial_id(trial), pending)
+        try:
+            yield
+        finally:
+            trial.storage = storage
+            self._write_params(storage, rdb, self.trial_id(trial), pending)
+
+    @staticmethod
+    def _write_params(cached, rdb, tid: int, pending: list[tuple]) -> None:
+        """What ``_CachedStorage.set_trial_param`` does per parameter, for all of them at once."""
+        if not pending:
+            return
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with cached._lock:
+            study_id, _ = cached._trial_id_to_study_id_and_number[tid]
+            known = cached._studies[study_id].param_distribution
+            with _create_scoped_session(rdb.scoped_session, True) as session:
+                for name, value, distribution in pending:
+                    rdb._set_trial_param_without_commit(session, tid, name, value, distribution, known.get(name))
+            for name, _, distribution in pending:
+                known.setdefault(name, distribution)
+
     def fail(self, trial, reason: str, kind: str) -> None:
         """Mark a RUNNING trial (live or frozen) FAIL with its reason, without telling the sampler
         (a driver repairing another run's orphans)."""
@@ -372,6 +412,23 @@ class Records:
 
     def running(self):
         return self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+class _ParamBuffer:
+    """The study's storage as one trial sees it while its parameters are drawn:
+    ``set_trial_param`` of that trial is collected, everything else passes through."""
+
+    def __init__(self, storage, trial_id: int, pending: list[tuple]) -> None:
+        self._storage, self._trial_id, self._pending = storage, trial_id, pending
+
+    def set_trial_param(self, trial_id: int, name: str, value: float, distribution) -> None:
+        if trial_id != self._trial_id:
+            self._storage.set_trial_param(trial_id, name, value, distribution)
+            return
+        self._pending.append((name, value, distribution))
+
+    def __getattr__(self, name: str):
+        return getattr(self._storage, name)
 
 
 def _constraint_value(name: str, value: Any) -> float:
