@@ -94,8 +94,7 @@ def _versions() -> dict:
             "ray": ray_version, "python": platform.python_version()}
 
 
-def _open_study(config: StudyConfig, storage_url: str, sampler, attrs: dict, new_study: bool, log) -> optuna.Study:
-    storage = open_storage(storage_url)
+def _open_study(config: StudyConfig, storage, sampler, attrs: dict, new_study: bool, log) -> optuna.Study:
     names = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     name = config.name
     if name in names and new_study:
@@ -136,7 +135,13 @@ def _check_same_config(study: optuna.Study, attrs: dict, name: str) -> None:
 
 def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Callable[[str], None] = print,
             study_file: str | None = None) -> Session:
-    """Load data and baseline, build the space, open (or create) the study and repair it."""
+    """Open the storage, load data and baseline, build the space, open (or create) the study and repair it.
+
+    The storage is opened first: a missing database driver or an unreachable
+    database fails before any compute (the baseline may take minutes).
+    """
+    storage_url = config.search.storage or default_storage(out)
+    storage = open_storage(storage_url)
     t0 = time.perf_counter()
     splits, model = load_data_and_model(config, out)
     space = Space.from_config(config.space, model)
@@ -148,10 +153,9 @@ def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Cal
     log(f"baseline: val accuracy {base_val:.4f}, test accuracy {base_test:.4f}, fp32 size {ref:,} bytes, "
         f"{len(space.layers)} layers searched, {len(space.param_names)} parameters ({time.perf_counter() - t0:.1f} s)")
     settings = _settings(config, base_val, ref)
-    storage_url = config.search.storage or default_storage(out)
     sampler = make_sampler(config.search.sampler, seed=config.search.seed, trials=config.search.trials)
     attrs = _study_attrs(config, base, space, settings, study_file)
-    study = _open_study(config, storage_url, sampler, attrs, new_study, log)
+    study = _open_study(config, storage, sampler, attrs, new_study, log)
     write_pointer(out, storage_url, study.study_name, study_file)
     driver = driver_id(out)
     repaired = repair_interrupted(study, driver)

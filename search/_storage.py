@@ -30,13 +30,20 @@ def default_storage(out: Path) -> str:
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``: any RDB URL, or ``journal:PATH`` for a journal file."""
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
+    """An Optuna storage for ``url``: any RDB URL, or ``journal:PATH`` for a journal file.
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    Opening it connects: a missing database driver, an unreachable database or a
+    journal folder that does not exist raise :class:`SearchError` here.
+    """
     try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url.removeprefix("journal:"))
+            if not path.parent.is_dir():
+                raise FileNotFoundError(f"no folder {str(path.parent)!r}")
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as exc:  # noqa: BLE001 - driver/URL errors come in many types
         raise SearchError(f"cannot open storage {url!r}: {type(exc).__name__}: {exc}") from None
