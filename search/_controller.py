@@ -12,7 +12,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import optuna
 import torch
@@ -23,7 +23,7 @@ from compresstune.config import StudyConfig, config_diff
 from compresstune.errors import ConfigError
 from compresstune.objectives import evaluate, teacher_logits
 from compresstune.spaces import Space
-from compresstune.search._storage import (RunLock, SearchError, default_storage, driver_id, open_storage,
+from compresstune.search._storage import (RunLock, default_storage, driver_id, open_storage,
                                           repair_interrupted, write_pointer)
 from compresstune.search._records import SCHEMA_KEY, SCHEMA_VERSION
 from compresstune.search._seeds import before_search

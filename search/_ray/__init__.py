@@ -37,7 +37,7 @@ from ray.tune.search import Searcher  # noqa: F401 - Searcher.FINISHED, for call
 
 from compresstune.search._budgets import Budgets
 from compresstune.search._loop import FINISHED, INTERRUPTED_BY_STOP, INTERRUPTED_BY_USER, TrialLoop
-from compresstune.search._ray.cluster import (_TUNE_ENV, _environ, _is_local_address, _quiet_tune, _trial_name,
+from compresstune.search._ray.cluster import (_TUNE_ENV, _environ, _is_local_address, _quiet_tune, _trial_name,  # noqa: F401
                                               ray_cluster, runtime_env_for, study_modules)
 from compresstune.search._ray.scheduler import ParetoStopScheduler, optuna_number, stop_scheduler
 from compresstune.search._ray.searcher import (WORKER_RETRIES, Collector, StopWhenSearchFails,

@@ -56,7 +56,7 @@ class StudySearcher(_DriverOnly, Searcher):
         self.workers: dict[str, dict] = {}
         self.tune_trials: dict[str, Any] = {}
 
-    # -- the loop's state, by the names Tune's side reads -------------------------------------------
+    # -- the loop's state, by the names the Tune side reads ---------------------------------------
     @property
     def live(self) -> dict:
         return self.loop.live
@@ -64,14 +64,6 @@ class StudySearcher(_DriverOnly, Searcher):
     @property
     def error(self):
         return self.loop.error
-
-    @property
-    def complete(self) -> int:
-        return self.loop.complete
-
-    @property
-    def failed(self) -> int:
-        return self.loop.failed
 
     # -- Tune's interface ------------------------------------------------------------------
     def set_search_properties(self, metric, mode, config, **spec) -> bool:

@@ -251,7 +251,7 @@ def test_a_trial_the_scheduler_stops_is_recorded_complete_from_its_rungs(tmp_pat
     assert t.user_attrs["curve"] == [[2, 0.40]] and t.user_attrs["plan"] == b["plan"]
     assert t.user_attrs["stopped_by"]["by"] == a["number"] and t.user_attrs["worker"] == {"pid": 11, "retries": 0}
     assert t.user_attrs["test_accuracy"] is None and "artifact" not in t.user_attrs
-    assert searcher.complete == 1  # it counts toward search.trials: one more trial, then wait
+    assert searcher.loop.complete == 1  # it counts toward search.trials: one more trial, then wait
     assert searcher.suggest("c")["number"] == 2 and searcher.suggest("d") is None
 
 
