@@ -82,8 +82,9 @@ def run_variant(cfg: StudyConfig) -> optuna.Study:
     time is what its wall-clock time would be on an otherwise idle machine,
     whatever the other jobs on this shared one are doing.
     """
+    import compresstune.search._controller as controller_mod
     import compresstune.search._local as local_mod
-    import compresstune.search._sensitivity as sens_mod
+    from compresstune.search._loop import TrialLoop
     from compresstune.search._controller import prepare
     from compresstune.search._storage import RunLock, load_study
 
@@ -93,19 +94,20 @@ def run_variant(cfg: StudyConfig) -> optuna.Study:
         return load_study(out)
     _fresh_out(out)
     cpu: dict[str, float] = {}
-    before_search, record = sens_mod.before_search, local_mod.record
+    before_search, record = controller_mod.before_search, TrialLoop.record
 
     def timed_before(session):
         c0 = time.process_time()
         before_search(session)
         cpu["overhead"] = time.process_time() - c0
 
-    def timed_record(study, trial, outcome, out_dir):
-        record(study, trial, outcome, out_dir)
-        cpu[str(trial.number)] = time.process_time() - cpu["start"]
+    def timed_record(loop, key, outcome):
+        number = loop.live[key].number
+        record(loop, key, outcome)
+        cpu[str(number)] = time.process_time() - cpu["start"]
 
     t0 = time.time()
-    sens_mod.before_search, local_mod.record = timed_before, timed_record
+    controller_mod.before_search, TrialLoop.record = timed_before, timed_record
     try:
         with RunLock(out):
             session = prepare(cfg, out, log=lambda m: None)
@@ -113,7 +115,7 @@ def run_variant(cfg: StudyConfig) -> optuna.Study:
             cpu["start"] = time.process_time()
             local_mod.run_local(session, progress=False)
     finally:
-        sens_mod.before_search, local_mod.record = before_search, record
+        controller_mod.before_search, TrialLoop.record = before_search, record
     done.write_text(json.dumps({"prepare_s": t1 - t0, "run_s": time.time() - t1, "trials": cfg.search.trials,
                                 "cpu_overhead_s": cpu.get("overhead", 0.0),
                                 "cpu_s": {k: v for k, v in cpu.items() if k.isdigit()}}))

@@ -4,7 +4,6 @@ trials in-process or on Ray; only this driver process writes the storage."""
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
 import os
 import platform
 import signal
@@ -12,61 +11,28 @@ import sys
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import optuna
 import torch
-from optuna.trial import TrialState
 
 import compresstune
 from compresstune.artifact import reference_size, to_bytes
-from compresstune.config import StudyConfig, config_diff, resolve_import
+from compresstune.config import StudyConfig, config_diff
 from compresstune.errors import ConfigError
 from compresstune.objectives import evaluate, teacher_logits
 from compresstune.spaces import Space
-from compresstune.search._storage import (RunLock, SearchError, default_storage, driver_id, open_storage,
+from compresstune.search._storage import (RunLock, default_storage, driver_id, open_storage,
                                           repair_interrupted, write_pointer)
-from compresstune.search._trial import TrialContext, TrialOutcome, TrialSettings, constraint_names, run_trial
+from compresstune.search._records import SCHEMA_KEY, SCHEMA_VERSION
+from compresstune.search._seeds import before_search
+from compresstune.search._session import Session, load_data_and_model
+from compresstune.search._trial import TrialContext, TrialSettings, constraint_names
 
-__all__ = ["Session", "prepare", "record", "run"]
+__all__ = ["Session", "prepare", "run"]
 
 METRICS = {"accuracy": "val_accuracy", "size": "size_bytes", "latency": "latency_ms", "bops": "bops"}
-
-
-@dataclass
-class Session:
-    """A prepared study: everything the executors need."""
-
-    config: StudyConfig
-    out: Path
-    study: optuna.Study
-    space: Space
-    context: TrialContext
-    driver: str
-    log: Callable[[str], None]
-
-
-# -- preparation ---------------------------------------------------------------------------
-
-def _call_factory(spec: str, kwargs: dict, **injected) -> Any:
-    fn = resolve_import(spec)
-    params = inspect.signature(fn).parameters
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    extra = {k: v for k, v in injected.items() if takes_any or k in params}
-    return fn(**kwargs, **extra)
-
-
-def load_data_and_model(config: StudyConfig, out: Path):
-    """The study's splits and trained baseline (cached under ``OUT/cache``)."""
-    cache = out / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    splits = _call_factory(config.data.factory, dict(config.data.kwargs), cache_dir=cache)
-    model = _call_factory(config.model.factory, dict(config.model.kwargs), data=splits, cache_dir=cache)
-    if not isinstance(model, torch.nn.Module):
-        raise ConfigError(f"`model.factory` {config.model.factory!r} must return an nn.Module; got {type(model).__name__}.")
-    return splits, model.eval()
 
 
 def _settings(config: StudyConfig, baseline_acc: float, reference_bytes: int) -> TrialSettings:
@@ -99,6 +65,7 @@ def make_sampler(name: str, *, seed: int, trials: int) -> optuna.samplers.BaseSa
 def _study_attrs(config: StudyConfig, base: dict, space: Space, settings: TrialSettings, study_file) -> dict:
     drop = config.constraints.max_accuracy_drop
     return {
+        SCHEMA_KEY: SCHEMA_VERSION,
         "compresstune_version": compresstune.__version__,
         "config": config.model_dump(mode="json"),
         "fingerprint": config.fingerprint(),
@@ -127,8 +94,7 @@ def _versions() -> dict:
             "ray": ray_version, "python": platform.python_version()}
 
 
-def _open_study(config: StudyConfig, storage_url: str, sampler, attrs: dict, new_study: bool, log) -> optuna.Study:
-    storage = open_storage(storage_url)
+def _open_study(config: StudyConfig, storage, sampler, attrs: dict, new_study: bool, log) -> optuna.Study:
     names = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     name = config.name
     if name in names and new_study:
@@ -169,7 +135,13 @@ def _check_same_config(study: optuna.Study, attrs: dict, name: str) -> None:
 
 def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Callable[[str], None] = print,
             study_file: str | None = None) -> Session:
-    """Load data and baseline, build the space, open (or create) the study and repair it."""
+    """Open the storage, load data and baseline, build the space, open (or create) the study and repair it.
+
+    The storage is opened first: a missing database driver or an unreachable
+    database fails before any compute (the baseline may take minutes).
+    """
+    storage_url = config.search.storage or default_storage(out)
+    storage = open_storage(storage_url)
     t0 = time.perf_counter()
     splits, model = load_data_and_model(config, out)
     space = Space.from_config(config.space, model)
@@ -181,10 +153,9 @@ def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Cal
     log(f"baseline: val accuracy {base_val:.4f}, test accuracy {base_test:.4f}, fp32 size {ref:,} bytes, "
         f"{len(space.layers)} layers searched, {len(space.param_names)} parameters ({time.perf_counter() - t0:.1f} s)")
     settings = _settings(config, base_val, ref)
-    storage_url = config.search.storage or default_storage(out)
     sampler = make_sampler(config.search.sampler, seed=config.search.seed, trials=config.search.trials)
     attrs = _study_attrs(config, base, space, settings, study_file)
-    study = _open_study(config, storage_url, sampler, attrs, new_study, log)
+    study = _open_study(config, storage, sampler, attrs, new_study, log)
     write_pointer(out, storage_url, study.study_name, study_file)
     driver = driver_id(out)
     repaired = repair_interrupted(study, driver)
@@ -197,42 +168,8 @@ def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Cal
     session = Session(config=config, out=out, study=study, space=space, context=context, driver=driver, log=log)
     # Search-efficiency hook (search/_sensitivity.py): sensitivity scan, stored narrowing
     # (may replace session.space), seed trials for a new study.
-    from compresstune.search._sensitivity import before_search
-
     before_search(session)
     return session
-
-
-# -- recording -------------------------------------------------------------------------------
-
-def record(study: optuna.Study, trial: optuna.Trial, outcome: TrialOutcome, out: Path) -> None:
-    """Write the artifact, then tell the study (the only place trials are finished)."""
-    attrs = dict(outcome.user_attrs)
-    if outcome.artifact is not None:
-        rel = Path("artifacts") / f"trial_{trial.number:05d}.ctz"
-        path = out / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(outcome.artifact)
-        os.replace(tmp, path)
-        attrs["artifact"] = str(rel)
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
-    if outcome.state == "complete":
-        for name, value in outcome.constraints.items():
-            trial.set_constraint(name, value)
-        study.tell(trial, outcome.values)
-    else:
-        trial.set_user_attr("fail_reason", outcome.fail_reason or "unknown")
-        study.tell(trial, state=TrialState.FAIL)
-
-
-def counts(study: optuna.Study) -> dict[str, int]:
-    trials = study.get_trials(deepcopy=False)
-    complete = sum(t.state == TrialState.COMPLETE for t in trials)
-    failed = sum(t.state == TrialState.FAIL and not str(t.user_attrs.get("fail_reason", "")).startswith("interrupted")
-                 for t in trials)
-    return {"complete": complete, "failed": failed, "front": len(study.best_trials) if complete else 0}
 
 
 # -- the run -------------------------------------------------------------------------------------

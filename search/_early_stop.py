@@ -31,14 +31,8 @@ digits trial at 0.75 after 25 of 150 steps, stopped by a smaller one at 0.93,
 would have ended at 0.975 on the final front. The first sixth of a fine-tune
 does not rank trials reliably; from a quarter on, none was lost.
 
-Budgets before training. The size budget is checked by
-:func:`~compresstune.search._trial.run_trial`; :func:`run_checked` adds the
-bit-operations budget (``constraints.max_bops``), which is also exact before
-training because masks and bit-widths are fixed when the plan is applied, and
-the latency budget (``constraints.max_latency_ms``): latency is measured on the
-squashed model, whose shapes the plan fixes and fine-tuning does not change, so
-it is measured once before training (the latency objective, when the study has
-one, is measured again after training, as for every trial).
+The budgets known before training live in :mod:`compresstune.search._budgets`;
+the trial body and the record of a stopped trial in :mod:`compresstune.search._trial`.
 
 Example:
     >>> rule = StopRule(n_val=400, final_step=150)
@@ -53,14 +47,12 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
-from compresstune.search._trial import (StopTrial, TrialContext, TrialOutcome, TrialSettings, constraints_for,
-                                        run_trial)
+from compresstune.search._budgets import Budgets, Preflight, preflight
+from compresstune.search._trial import StopTrial, TrialContext, TrialOutcome, run_checked, stopped_outcome
 
 __all__ = [
     "Budgets",
@@ -70,12 +62,11 @@ __all__ = [
     "StopRule",
     "TrialHooks",
     "margin",
-    "preflight",
-    "run_checked",
     "rung_result",
     "session_stopping",
-    "stopped_outcome",
 ]
+# Budgets, Preflight, preflight, run_checked and stopped_outcome are imported here for
+# older callers; they live in search/_budgets.py and search/_trial.py.
 
 # The keys a Ray trainable reports at every rung (see search/_ray_stop.py).
 STEP_KEY, ACCURACY_KEY, SIZE_KEY = "rung_step", "val_accuracy", "size_bytes"
@@ -159,8 +150,8 @@ class RungTable:
     @classmethod
     def from_trials(cls, trials: Iterable[Any]) -> "RungTable":
         """Rebuild from recorded trials (resume): COMPLETE trials with a size and
-        their rung accuracies (user attr ``rungs`` written by the in-process driver
-        at each rung, else the fine-tune ``curve``), in step order."""
+        their rung accuracies (the fine-tune ``curve``; schema-1 records may hold
+        ``rungs`` instead), in step order."""
         table = cls()
         for t in trials:
             if getattr(getattr(t, "state", None), "name", None) != "COMPLETE":
@@ -271,172 +262,7 @@ class StopRule:
                             by_accuracy=best[2], margin=best[3])
 
 
-# -- budgets before training -----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Budgets:
-    """Budgets checked from the plan before training, beyond run_trial's size budget."""
-
-    max_bops: float | None = None
-    activation_bits: int = 32
-    max_latency_ms: float | None = None
-
-    @classmethod
-    def from_config(cls, config) -> "Budgets":
-        c = config.constraints
-        return cls(max_bops=c.max_bops, activation_bits=int(config.activation_bits), max_latency_ms=c.max_latency_ms)
-
-    @property
-    def any(self) -> bool:
-        return self.max_bops is not None or self.max_latency_ms is not None
-
-
-@dataclass
-class Preflight:
-    """What is known about a plan before training: packed size, bit-operations
-    (when a budget or the objective needs them), and the budgets it breaks."""
-
-    size_bytes: int
-    bops: float | None = None
-    latency_ms: float | None = None
-    over: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    student: Any = field(default=None, repr=False)  # the applied plan, reused by the trial
-
-    def applied(self) -> tuple[Any, int, float] | None:
-        """``run_trial``'s ``applied`` argument: the student once; None after (or without) it."""
-        student, self.student = self.student, None
-        return None if student is None else (student, self.size_bytes, self.seconds)
-
-    def extra_value(self, objective: str | None) -> float | None:
-        """The value of the study's third objective, when it was measured here."""
-        return {"bops": self.bops, "latency": self.latency_ms}.get(objective) if objective else None
-
-
-def preflight(plan, ctx: TrialContext, budgets: Budgets = Budgets(), *, latency: bool = False) -> Preflight:
-    """Apply the plan once and measure what needs no training.
-
-    With ``latency=True`` and a latency objective, latency is measured too: it
-    depends on the shapes and bit-widths of the plan, not on the weights that
-    fine-tuning changes (the Ray driver needs it to record a stopped trial).
-
-    Example:
-        >>> pre = preflight(plan, ctx, Budgets(max_bops=1e9))  # doctest: +SKIP
-        >>> pre.size_bytes, pre.bops, pre.over  # doctest: +SKIP
-    """
-    from compresstune.artifact import to_bytes
-    from compresstune.compress import apply
-    from compresstune.objectives import bit_operations, latency_ms
-
-    t0 = time.perf_counter()
-    student = apply(ctx.model, plan)
-    out = Preflight(size_bytes=len(to_bytes(student)), student=student)
-    if budgets.max_bops is not None or ctx.settings.extra_objective == "bops":
-        out.bops = float(bit_operations(student, ctx.splits.val.x[:1], activation_bits=budgets.activation_bits))
-    if budgets.max_latency_ms is not None or (latency and ctx.settings.extra_objective == "latency"):
-        s = ctx.settings
-        out.latency_ms = float(latency_ms(student, ctx.splits.val.x[:1], batch_size=s.latency_batch_size,
-                                          repeats=s.latency_repeats, warmup=s.latency_warmup))
-    if budgets.max_bops is not None and out.bops > budgets.max_bops:
-        out.over.append("max_bops")
-    if budgets.max_latency_ms is not None and out.latency_ms > budgets.max_latency_ms:
-        out.over.append("max_latency_ms")
-    out.seconds = time.perf_counter() - t0
-    return out
-
-
-def _budget_constraints(budgets: Budgets, pre: Preflight | None) -> dict[str, float]:
-    """``max_bops`` / ``max_latency_ms`` constraint values (positive when over; 1.0 when unknown)."""
-    out = {}
-    for name, limit, value in (("max_bops", budgets.max_bops, pre and pre.bops),
-                               ("max_latency_ms", budgets.max_latency_ms, pre and pre.latency_ms)):
-        if limit is not None:
-            out[name] = float(value - limit) if _finite(value) else 1.0
-    return out
-
-
-def run_checked(plan, ctx: TrialContext, *, budgets: Budgets = Budgets(),
-                on_rung: Callable[[int, float, int], None] | None = None,
-                pre: Preflight | None = None) -> TrialOutcome:
-    """:func:`run_trial` plus the budgets known before training and rung reports.
-
-    * A plan over ``budgets.max_bops`` or ``budgets.max_latency_ms`` is scored
-      without fine-tuning and told COMPLETE with a positive constraint of that
-      name and ``rejected: budget``, as run_trial does for the size budget. Every
-      trial then carries the same constraints (<= 0 when within budget) and a
-      ``bops`` / ``latency_before_training_ms`` attribute.
-    * ``on_rung(step, val_accuracy, size_bytes)`` is called at every rung (the
-      size is known before training); it may raise ``StopTrial``. A stopped
-      trial's ``curve`` holds its rungs so far.
-
-    With no budget and no ``on_rung`` this is exactly ``run_trial(plan, ctx)``.
-    """
-    if not budgets.any and on_rung is None:
-        return run_trial(plan, ctx)
-    try:
-        pre = pre or preflight(plan, ctx, budgets)
-    except Exception:  # noqa: BLE001 - let run_trial fail the trial with its own message
-        return run_trial(plan, ctx)
-    rungs: list[list[float]] = []
-    if pre.over:
-        settings = dataclasses.replace(ctx.settings, steps=0)
-        outcome = run_trial(plan, dataclasses.replace(ctx, settings=settings), applied=pre.applied())
-    else:
-        def on_eval(step: int, acc: float) -> None:
-            rungs.append([int(step), float(acc)])
-            if on_rung is not None:
-                on_rung(int(step), float(acc), pre.size_bytes)
-
-        outcome = run_trial(plan, ctx, on_eval=on_eval, applied=pre.applied())
-    if outcome.state != "complete":
-        return outcome
-    outcome.constraints.update(_budget_constraints(budgets, pre))
-    if pre.bops is not None:
-        outcome.user_attrs["bops"] = pre.bops
-    if budgets.max_latency_ms is not None:
-        outcome.user_attrs["latency_before_training_ms"] = pre.latency_ms
-    if pre.over:
-        outcome.user_attrs["rejected"] = "budget"
-        outcome.user_attrs["over_budget"] = list(pre.over)
-        outcome.artifact = None
-    if outcome.user_attrs.get("stopped_at_rung") is not None and not outcome.user_attrs.get("curve"):
-        outcome.user_attrs["curve"] = rungs
-    return outcome
-
-
-def stopped_outcome(settings: TrialSettings, *, plan_json: str, size_bytes: int, step: int, accuracy: float,
-                    curve: list | None = None, extra_value: float | None = None, budgets: Budgets = Budgets(),
-                    bops: float | None = None, test_accuracy: float | None = None,
-                    latency_ms: float | None = None) -> TrialOutcome:
-    """The outcome of a trial stopped by the Ray scheduler, built by the driver from
-    the trial's last rung report (its worker is gone, so nothing else is known).
-
-    Values, constraints (``stopped`` positive) and attributes match what
-    ``run_trial`` records for a trial stopped in-process, except that
-    ``test_accuracy`` is None unless given. ``extra_value`` is required when the
-    study has a third objective (``settings.extra_objective``).
-    """
-    if not _finite(accuracy) or not _finite(size_bytes):
-        return TrialOutcome("fail", fail_reason=f"stopped with a non-finite rung report "
-                                                f"(accuracy {accuracy!r}, size {size_bytes!r})")
-    values = [float(accuracy), float(size_bytes)]
-    if settings.extra_objective is not None:
-        if extra_value is None:
-            raise ValueError(f"`extra_value` is required: the study has a third objective "
-                             f"({settings.extra_objective!r}); report it with the rung results.")
-        values.append(float(extra_value))
-    constraints = constraints_for(settings, float(accuracy), int(size_bytes), stopped=True)
-    constraints.update(_budget_constraints(budgets, Preflight(size_bytes=int(size_bytes), bops=bops,
-                                                              latency_ms=latency_ms)))
-    attrs = {"plan": plan_json, "size_bytes": int(size_bytes), "ratio": settings.reference_bytes / size_bytes,
-             "val_accuracy": float(accuracy), "test_accuracy": test_accuracy,
-             "curve": [list(p) for p in (curve or [[step, accuracy]])], "stopped_at_rung": int(step)}
-    if bops is not None:
-        attrs["bops"] = float(bops)
-    if budgets.max_latency_ms is not None:
-        attrs["latency_before_training_ms"] = latency_ms
-    return TrialOutcome("complete", values=values, constraints=constraints, user_attrs=attrs)
-
+# -- both executors ---------------------------------------------------------------------------------
 
 def session_stopping(session) -> tuple[StopRule, RungTable] | None:
     """The study's rule and its rung table rebuilt from the recorded trials (what both
@@ -454,8 +280,7 @@ class TrialHooks:
     training and early stopping against the rung table of this study.
 
     The table is rebuilt from the study when the loop starts (resume) and grows
-    as rungs are reported; each rung is also written to the trial's user attr
-    ``rungs`` so a later run (or the report) can read the curves.
+    as rungs are reported; a trial's rungs are recorded in its ``curve``.
     """
 
     def __init__(self, *, budgets: Budgets, rule: StopRule | None, table: RungTable | None = None) -> None:
@@ -481,16 +306,11 @@ class TrialHooks:
         return outcome
 
     def _on_rung(self, trial) -> Callable[[int, float, int], None]:
-        rungs: list[list[float]] = []
-
         def on_rung(step: int, acc: float, size_bytes: int) -> None:
-            rungs.append([step, acc])
-            trial.set_user_attr("rungs", list(rungs))
             best = self.table.add(trial.number, step=step, size_bytes=size_bytes, accuracy=acc)
             decision = self.rule.decide(self.table, key=trial.number, step=step, size_bytes=size_bytes,
                                         accuracy=best)
             if decision is not None:
-                trial.set_user_attr("stopped_by", decision.as_attr())
-                raise StopTrial(step, acc)
+                raise StopTrial(step, acc, decision)
 
         return on_rung

@@ -91,7 +91,18 @@ def status_text(study: optuna.Study, out: Path) -> str:
     table = front(study)
     cols = [c for c in ("number", "val_accuracy", "test_accuracy", "size_bytes", "ratio") if c in table.columns]
     body = table[cols].to_string(index=False) if len(table) else "(no feasible Pareto-optimal trial yet)"
-    cmd = f"optuna best-trials --study-name {study.study_name} --storage {pointer.storage}"
+    cmd = optuna_command(study.study_name, pointer.storage)
     return f"{head}\n\nPareto front (feasible):\n{body}\n\nSame set with Optuna's own CLI:\n  {cmd}"
 
 
+def optuna_command(study_name: str, storage: str) -> str:
+    """Optuna's own CLI reading the same study (a journal file needs its storage class).
+
+    Example:
+        >>> optuna_command("digits", "journal:/runs/d/study.journal")
+        'optuna best-trials --study-name digits --storage /runs/d/study.journal --storage-class JournalFileBackend'
+    """
+    if storage.startswith("journal:"):
+        return (f"optuna best-trials --study-name {study_name} --storage {storage.removeprefix('journal:')} "
+                "--storage-class JournalFileBackend")
+    return f"optuna best-trials --study-name {study_name} --storage {storage}"

@@ -26,7 +26,7 @@ says it hurts least, as space parameters for ``study.enqueue_trial``:
 Only the per-layer parameters are enqueued: the distillation temperature and
 alpha of a seed are left to the sampler (on digits, pinning them to one
 setting for every seed lowered the final hypervolume in 2 of 3 searches).
-:func:`~compresstune.search._sensitivity.before_search` enqueues at most half
+:func:`before_search` enqueues at most half
 of ``search.trials`` seeds, spread over the ratios (:func:`spread`).
 
 Narrowing (``sensitivity.narrow``). Per unit, sparsity is capped at the first
@@ -41,6 +41,7 @@ parameter whose choices change within a study.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -50,9 +51,9 @@ from torch import nn
 
 from compresstune.artifact import to_bytes
 from compresstune.compress import apply
-from compresstune.search._sensitivity import units as _units
+from compresstune.search._sensitivity import cache_key, load_or_scan, units as _units
 
-__all__ = ["Seed", "SeedRefiner", "describe_narrowing", "enqueue", "estimate_bytes", "narrowed_space", "narrowing",
+__all__ = ["Seed", "SeedRefiner", "before_search", "describe_narrowing", "enqueue", "estimate_bytes", "narrowed_space", "narrowing",
            "plan_seeds", "refine_targets", "spread"]
 
 _GRID = 0.05
@@ -471,7 +472,9 @@ class SeedRefiner:
         self.k = int(cfg.refine_seeds) if cfg.enabled and cfg.seed_ratios else 0
         self.done = self.k == 0 or "seed_refinement" in session.study.user_attrs
 
-    def step(self) -> None:
+    def step(self, room: int | None = None) -> None:
+        """Enqueue the second round when its time has come; at most ``room`` trials (the
+        trials the search still has room for: a seed queued beyond them would never run)."""
         if self.done:
             return
         study = self.session.study
@@ -491,6 +494,7 @@ class SeedRefiner:
                                  ratios=targets, reference_bytes=int(attrs["baseline"]["reference_bytes"]))
                 done_ratios = [r for r, _ in points]
                 added = [s for s in new if all(abs(s.ratio / r - 1) > 0.05 for r in done_ratios)]
+                added = added[:max(0, room)] if room is not None else added
                 enqueue(study, added, round_=2)
         except Exception as exc:  # noqa: BLE001 - seeds are a head start, never a reason to stop the search
             self.session.log(f"seed trials, second round: skipped ({type(exc).__name__}: {exc})")
@@ -564,3 +568,53 @@ def narrowed_space(config, model: nn.Module, narrow: dict[str, dict[str, Any]]):
         else:
             data.setdefault("overrides", []).append({"name": prefix, **knobs})
     return Space.from_config(data, model)
+
+
+# -- before the first trial (the controller calls it) ------------------------------------------------------------------------------
+
+def before_search(session) -> None:
+    """Run before the first trial of ``run`` (both executors): the sensitivity
+    scan (reused from the study or the cache when its key matches), narrowing
+    (decided for a new study, re-applied from the study on resume), the
+    ``max_bops`` / ``max_latency_ms`` constraint names, and the seed trials (a new study only; at most
+    half of ``search.trials``, spread over the ratios, so the sampler always gets
+    a share)."""
+    config, study, log = session.config, session.study, session.log
+    cfg = config.sensitivity
+    new = len(study.get_trials(deepcopy=False)) == 0
+    attrs = study.user_attrs
+    budgets = [n for n in ("max_bops", "max_latency_ms") if getattr(config.constraints, n) is not None]
+    names = list(attrs.get("constraint_names") or [])
+    if new and [n for n in budgets if n not in names]:
+        study.set_user_attr("constraint_names", names + [n for n in budgets if n not in names])
+    table = None
+    if cfg.enabled:
+        baseline = attrs.get("baseline") or {}
+        key = cache_key(config.fingerprint(), baseline, cfg, [p for p, _ in _units(session.space)])
+        stored = attrs.get("sensitivity")
+        if isinstance(stored, dict) and stored.get("key") == key:
+            table = stored
+        else:
+            table, cached = load_or_scan(config, session.out, session.context.model, session.context.splits.val,
+                                         session.space, baseline, log=log)
+            study.set_user_attr("sensitivity", table)
+            log(f"sensitivity scan: {len(table['layers'])} layers x {len(table['settings'])} settings on "
+                f"{table['examples']} validation examples"
+                + (" (from the cache)" if cached else f" ({table['seconds']:.1f} s)"))
+    narrow = attrs.get("narrowing")
+    if narrow is None and new and table is not None and cfg.narrow:
+        narrow = narrowing(session.space, table, cliff=cfg.cliff)
+        study.set_user_attr("narrowing", narrow)
+        if narrow:
+            log(f"narrowed the space where the scan shows a cliff: {describe_narrowing(narrow)}")
+    if narrow:
+        session.space = narrowed_space(config, session.context.model, narrow)
+    if new and table is not None and cfg.seed_ratios:
+        t0 = time.perf_counter()
+        ratios = spread(cfg.seed_ratios, max(1, config.search.trials // 2))
+        seeds = plan_seeds(session.space, session.context.model, table, ratios=ratios,
+                                  reference_bytes=int(attrs["baseline"]["reference_bytes"]))
+        enqueue(study, seeds)
+        study.set_user_attr("seed_seconds", round(time.perf_counter() - t0, 3))
+        shown = ", ".join(f"{s.target_ratio:g}x->{s.ratio:.1f}x" for s in seeds)
+        log(f"seed trials enqueued: {len(seeds)} ({shown})")

@@ -20,7 +20,7 @@ scan settings) and stored in the study's user attrs as ``"sensitivity"``::
 
 A cell is ``null`` where the layer cannot take that setting (an operator it
 refuses, a rank that would not make it smaller). ``drop`` may be slightly
-negative (noise). :func:`before_search` is the controller's hook: it runs (or
+negative (noise). :func:`~compresstune.search._seeds.before_search` is the controller's hook: it runs (or
 reuses) the scan, narrows the space if asked, and enqueues the seed trials.
 """
 
@@ -42,7 +42,7 @@ from compresstune.data import Split
 from compresstune.objectives import evaluate
 from compresstune.plan import CompressionPlan, LayerPlan
 
-__all__ = ["SCHEMA_VERSION", "before_search", "cache_key", "format_table", "load_or_scan", "scan", "scan_study",
+__all__ = ["SCHEMA_VERSION", "cache_key", "format_table", "load_or_scan", "scan", "scan_study",
            "units"]
 
 SCHEMA_VERSION = 1
@@ -178,58 +178,6 @@ def load_or_scan(config, out: Path, model: nn.Module, val: Split, space, baselin
     return data, False
 
 
-# -- the controller's hook ------------------------------------------------------------------------------
-
-def before_search(session) -> None:
-    """Run before the first trial of ``run`` (both executors): the sensitivity
-    scan (reused from the study or the cache when its key matches), narrowing
-    (decided for a new study, re-applied from the study on resume), the
-    ``max_bops`` / ``max_latency_ms`` constraint names, and the seed trials (a new study only; at most
-    half of ``search.trials``, spread over the ratios, so the sampler always gets
-    a share)."""
-    from compresstune.search import _seeds
-
-    config, study, log = session.config, session.study, session.log
-    cfg = config.sensitivity
-    new = len(study.get_trials(deepcopy=False)) == 0
-    attrs = study.user_attrs
-    budgets = [n for n in ("max_bops", "max_latency_ms") if getattr(config.constraints, n) is not None]
-    names = list(attrs.get("constraint_names") or [])
-    if new and [n for n in budgets if n not in names]:
-        study.set_user_attr("constraint_names", names + [n for n in budgets if n not in names])
-    table = None
-    if cfg.enabled:
-        baseline = attrs.get("baseline") or {}
-        key = cache_key(config.fingerprint(), baseline, cfg, [p for p, _ in units(session.space)])
-        stored = attrs.get("sensitivity")
-        if isinstance(stored, dict) and stored.get("key") == key:
-            table = stored
-        else:
-            table, cached = load_or_scan(config, session.out, session.context.model, session.context.splits.val,
-                                         session.space, baseline, log=log)
-            study.set_user_attr("sensitivity", table)
-            log(f"sensitivity scan: {len(table['layers'])} layers x {len(table['settings'])} settings on "
-                f"{table['examples']} validation examples"
-                + (" (from the cache)" if cached else f" ({table['seconds']:.1f} s)"))
-    narrowing = attrs.get("narrowing")
-    if narrowing is None and new and table is not None and cfg.narrow:
-        narrowing = _seeds.narrowing(session.space, table, cliff=cfg.cliff)
-        study.set_user_attr("narrowing", narrowing)
-        if narrowing:
-            log(f"narrowed the space where the scan shows a cliff: {_seeds.describe_narrowing(narrowing)}")
-    if narrowing:
-        session.space = _seeds.narrowed_space(config, session.context.model, narrowing)
-    if new and table is not None and cfg.seed_ratios:
-        t0 = time.perf_counter()
-        ratios = _seeds.spread(cfg.seed_ratios, max(1, config.search.trials // 2))
-        seeds = _seeds.plan_seeds(session.space, session.context.model, table, ratios=ratios,
-                                  reference_bytes=int(attrs["baseline"]["reference_bytes"]))
-        _seeds.enqueue(study, seeds)
-        study.set_user_attr("seed_seconds", round(time.perf_counter() - t0, 3))
-        shown = ", ".join(f"{s.target_ratio:g}x->{s.ratio:.1f}x" for s in seeds)
-        log(f"seed trials enqueued: {len(seeds)} ({shown})")
-
-
 # -- `compresstune sensitivity STUDY` ------------------------------------------------------------------------
 
 def scan_study(config, *, force: bool = False, log: Callable[[str], None] = print) -> tuple[dict, Path, bool]:
@@ -242,7 +190,7 @@ def scan_study(config, *, force: bool = False, log: Callable[[str], None] = prin
         >>> table, path, cached = scan_study(load_config("studies/digits.yaml"))  # doctest: +SKIP
     """
     from compresstune.artifact import reference_size
-    from compresstune.search._controller import load_data_and_model
+    from compresstune.search._session import load_data_and_model
     from compresstune.spaces import Space
 
     out = Path(config.search.out).resolve()

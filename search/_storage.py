@@ -10,9 +10,9 @@ from pathlib import Path
 
 import filelock
 import optuna
-from optuna.trial import TrialState
 
 from compresstune.errors import CompressTuneError
+from compresstune.search._records import DRIVER, REQUEUED_FROM, Records
 
 __all__ = ["RunLock", "SearchError", "StudyPointer", "default_storage", "driver_id", "open_storage",
            "read_pointer", "repair_interrupted", "requeue", "write_pointer"]
@@ -30,13 +30,20 @@ def default_storage(out: Path) -> str:
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna storage for ``url``: any RDB URL, or ``journal:PATH`` for a journal file."""
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
+    """An Optuna storage for ``url``: any RDB URL, or ``journal:PATH`` for a journal file.
 
-        return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix("journal:")))
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    Opening it connects: a missing database driver, an unreachable database or a
+    journal folder that does not exist raise :class:`SearchError` here.
+    """
     try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url.removeprefix("journal:"))
+            if not path.parent.is_dir():
+                raise FileNotFoundError(f"no folder {str(path.parent)!r}")
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as exc:  # noqa: BLE001 - driver/URL errors come in many types
         raise SearchError(f"cannot open storage {url!r}: {type(exc).__name__}: {exc}") from None
@@ -105,18 +112,18 @@ class RunLock:
         self._lock.release()
 
 
-def repair_interrupted(study: optuna.Study, driver: str) -> list[int]:
+def repair_interrupted(study: optuna.Study, driver: str,
+                       reason: str = "interrupted: the driver stopped while it ran") -> list[int]:
     """Mark this driver's RUNNING trials FAIL ("interrupted") and enqueue their parameters again.
 
     Only call while holding the folder's :class:`RunLock`. Returns the trial numbers repaired.
     """
-    storage = study._storage
+    records = Records(study)
     repaired = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("driver", driver) != driver:
+    for t in records.running():
+        if t.user_attrs.get(DRIVER, driver) != driver:
             continue
-        storage.set_trial_user_attr(t._trial_id, "fail_reason", "interrupted: the driver stopped while it ran")
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        records.fail(t, reason, "interrupted")
         requeue(study, t)
         repaired.append(t.number)
     return repaired
@@ -126,6 +133,6 @@ def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Queue an interrupted trial's parameters again. A queued trial (a seed, an earlier
     requeue) stopped before its space drew every parameter keeps the ones it was queued
     with, and a seed trial stays marked as one."""
-    params = {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+    params = Records(study).queued_params(trial)
     keep = {k: v for k, v in trial.user_attrs.items() if k.startswith("seed_")}
-    study.enqueue_trial(params, user_attrs={"requeued_from": trial.number, **keep}, skip_if_exists=False)
+    study.enqueue_trial(params, user_attrs={REQUEUED_FROM: trial.number, **keep}, skip_if_exists=False)

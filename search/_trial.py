@@ -1,10 +1,15 @@
-"""One trial, as a pure function of a plan and a context: apply, budget check,
-recovery fine-tune, objectives. Shared by the in-process loop and the Ray
-workers; it touches no storage and returns everything the driver records."""
+"""One trial, as a pure function of a plan and a context: apply, budgets known
+before training, recovery fine-tune, objectives; and the one builder of every
+kind of outcome (complete, failed, over a budget, stopped at a rung). Shared by
+the in-process loop and the Ray workers; it touches no storage and returns
+everything the driver records."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -15,12 +20,13 @@ from torch import nn
 
 from compresstune.artifact import to_bytes
 from compresstune.compress import apply
-from compresstune.data import Splits
 from compresstune.objectives import bit_operations, evaluate, latency_ms, recover
 from compresstune.plan import CompressionPlan
+from compresstune.search._budgets import (Budgets, Preflight, budget_constraints, constraint_names, constraints_for,
+                                          over_budget, preflight)
 
-__all__ = ["StopTrial", "TrialContext", "TrialOutcome", "TrialSettings", "constraint_names", "run_trial"]
-
+__all__ = ["StopTrial", "TrialContext", "TrialOutcome", "TrialSettings", "constraint_names", "failed", "failed_from",
+           "run_checked", "run_trial", "stopped_outcome", "worker_info"]
 
 @dataclass(frozen=True)
 class TrialSettings:
@@ -52,7 +58,7 @@ class TrialContext:
     worker once, reused by every trial it runs."""
 
     model: nn.Module
-    splits: Splits
+    splits: Any  # compresstune.data.Splits
     soft_targets: torch.Tensor
     settings: TrialSettings
 
@@ -60,9 +66,9 @@ class TrialContext:
 class StopTrial(Exception):
     """Raised by an ``on_eval`` callback to stop a trial early at a rung."""
 
-    def __init__(self, step: int, accuracy: float) -> None:
+    def __init__(self, step: int, accuracy: float, decision: Any = None) -> None:
         super().__init__(f"stopped at step {step} (val accuracy {accuracy:.4f})")
-        self.step, self.accuracy = step, accuracy
+        self.step, self.accuracy, self.decision = step, accuracy, decision
 
 
 @dataclass
@@ -75,35 +81,79 @@ class TrialOutcome:
     user_attrs: dict[str, Any] = field(default_factory=dict)
     artifact: bytes | None = None
     fail_reason: str | None = None
+    fail_kind: str | None = None  # see search/_records.py, FAIL_KINDS
 
 
-def constraint_names(s: TrialSettings) -> list[str]:
-    """Names of the constraint entries, in order (stored in the study)."""
-    names = ["accuracy_drop"] if s.max_accuracy_drop is not None else []
-    names += ["max_size_bytes"] if s.max_size_bytes is not None else []
-    names += ["min_ratio"] if s.min_ratio is not None else []
-    return names + ["stopped"]
+# -- the outcomes ------------------------------------------------------------------------------------
+
+def failed(reason: str, kind: str = "error") -> TrialOutcome:
+    """A FAIL outcome: ``reason`` for people (at most 2,000 characters), ``kind`` for counting.
+
+    Example:
+        >>> failed("interrupted: stopped by the user", "interrupted").fail_kind
+        'interrupted'
+    """
+    return TrialOutcome("fail", fail_reason=str(reason)[:2000], fail_kind=kind)
 
 
-def constraints_for(s: TrialSettings, val_accuracy: float, size_bytes: int, *,
-                    stopped: bool = False) -> dict[str, float]:
-    """Named constraint values, positive when violated; the same names (:func:`constraint_names`) for every trial."""
-    out = {}
-    if s.max_accuracy_drop is not None:
-        out["accuracy_drop"] = (s.baseline_val_accuracy - s.max_accuracy_drop) - val_accuracy
-    if s.max_size_bytes is not None:
-        out["max_size_bytes"] = float(size_bytes - s.max_size_bytes)
-    if s.min_ratio is not None:
-        out["min_ratio"] = s.min_ratio - s.reference_bytes / size_bytes
-    out["stopped"] = 1.0 if stopped else 0.0
-    return out
+def failed_from(exc: BaseException, kind: str = "error") -> TrialOutcome:
+    """The FAIL outcome of an exception: its type, message and where it was raised.
+
+    Example:
+        >>> failed_from(MemoryError()).fail_reason
+        'MemoryError: the trial ran out of memory'
+    """
+    if isinstance(exc, MemoryError):
+        return failed("MemoryError: the trial ran out of memory", "memory")
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
+    return failed(f"{type(exc).__name__}: {exc}{where}", kind)
 
 
-def over_budget(s: TrialSettings, size_bytes: int) -> bool:
-    """True when the size alone already breaks a budget (known before any training)."""
-    if s.max_size_bytes is not None and size_bytes > s.max_size_bytes:
-        return True
-    return s.min_ratio is not None and s.reference_bytes / size_bytes < s.min_ratio
+def worker_info() -> dict[str, Any]:
+    """Where this process runs (the executor adds ``seconds`` and ``retries``; Ray adds its node)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "node_id": None}
+
+
+def stopped_outcome(settings: TrialSettings, *, plan_json: str, size_bytes: int, step: int, accuracy: float,
+                    curve: list | None = None, extra_value: float | None = None, budgets: Budgets = Budgets(),
+                    bops: float | None = None, test_accuracy: float | None = None,
+                    latency_ms: float | None = None, decision: Any = None,
+                    timings: dict | None = None) -> TrialOutcome:
+    """The outcome of a trial stopped at a rung, on either executor.
+
+    Values are the rung accuracy, the size (and the third objective); constraints
+    have ``stopped`` positive; attributes hold the rungs in ``curve``,
+    ``stopped_at_rung``, ``stopped_by`` and ``test_accuracy: None`` (no test
+    pass is spent on a stopped trial). ``extra_value`` is required when the
+    study has a third objective (``settings.extra_objective``).
+    """
+    if not _finite(accuracy) or not _finite(size_bytes):
+        return failed(f"stopped with a non-finite rung report (accuracy {accuracy!r}, size {size_bytes!r})")
+    values = [float(accuracy), float(size_bytes)]
+    if settings.extra_objective is not None:
+        if extra_value is None:
+            raise ValueError(f"`extra_value` is required: the study has a third objective "
+                             f"({settings.extra_objective!r}); report it with the rung results.")
+        values.append(float(extra_value))
+    constraints = constraints_for(settings, float(accuracy), int(size_bytes), stopped=True)
+    constraints.update(budget_constraints(budgets, Preflight(size_bytes=int(size_bytes), bops=bops,
+                                                             latency_ms=latency_ms)))
+    attrs = {"plan": plan_json, "size_bytes": int(size_bytes), "ratio": settings.reference_bytes / size_bytes,
+             "val_accuracy": float(accuracy), "test_accuracy": test_accuracy,
+             "curve": [list(p) for p in (curve or [[step, accuracy]])], "stopped_at_rung": int(step),
+             "timings": dict(timings or {})}
+    if decision is not None:
+        attrs["stopped_by"] = decision.as_attr() if hasattr(decision, "as_attr") else dict(decision)
+    if bops is not None:
+        attrs["bops"] = float(bops)
+    if budgets.max_latency_ms is not None:
+        attrs["latency_before_training_ms"] = latency_ms
+    return TrialOutcome("complete", values=values, constraints=constraints, user_attrs=attrs)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def run_trial(plan: CompressionPlan, ctx: TrialContext, *,
@@ -119,12 +169,8 @@ def run_trial(plan: CompressionPlan, ctx: TrialContext, *,
         return _run(plan, ctx, on_eval, applied)
     except KeyboardInterrupt:
         raise
-    except MemoryError:
-        return TrialOutcome("fail", fail_reason="MemoryError: the trial ran out of memory")
     except Exception as exc:  # noqa: BLE001 - a failing trial is recorded, the search goes on
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        reason = f"{type(exc).__name__}: {exc} (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
-        return TrialOutcome("fail", fail_reason=reason[:2000])
+        return failed_from(exc)  # MemoryError too: it is an Exception
 
 
 def _run(plan: CompressionPlan, ctx: TrialContext, on_eval, applied=None) -> TrialOutcome:
@@ -138,21 +184,31 @@ def _run(plan: CompressionPlan, ctx: TrialContext, on_eval, applied=None) -> Tri
         student, size, before = applied
         t0 -= before
     timings["apply_s"] = time.perf_counter() - t0
-    attrs: dict[str, Any] = {"plan": plan.to_json(), "size_bytes": size, "ratio": s.reference_bytes / size}
     rejected = over_budget(s, size)
-    stopped = None
+    rungs: list[list[float]] = []
+
+    def on_rung(step: int, accuracy: float) -> None:
+        rungs.append([int(step), float(accuracy)])
+        if on_eval is not None:
+            on_eval(step, accuracy)
+
     t1 = time.perf_counter()
     try:
         result = None if rejected else recover(
             student, splits.train, splits.val, soft_targets=ctx.soft_targets, temperature=plan.temperature,
             alpha=plan.alpha, steps=s.steps, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
             optimizer=s.optimizer, eval_every=s.eval_every, eval_batch_size=s.eval_batch_size, seed=s.seed,
-            on_eval=on_eval)
+            on_eval=on_rung)
     except StopTrial as stop:
-        stopped, result = stop, None
+        timings["finetune_s"] = time.perf_counter() - t1
+        timings["eval_s"] = 0.0
+        timings["total_s"] = time.perf_counter() - t0
+        extra = _extra_objective(student, splits, s) if s.extra_objective is not None else None
+        return stopped_outcome(s, plan_json=plan.to_json(), size_bytes=size, step=stop.step, accuracy=stop.accuracy,
+                               curve=rungs, extra_value=extra, decision=stop.decision, timings=timings)
     timings["finetune_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    val_acc = stopped.accuracy if stopped else evaluate(student, splits.val, batch_size=s.eval_batch_size)
+    val_acc = evaluate(student, splits.val, batch_size=s.eval_batch_size)
     test_acc = evaluate(student, splits.test, batch_size=s.eval_batch_size)
     timings["eval_s"] = time.perf_counter() - t2
     if not math.isfinite(val_acc):
@@ -160,21 +216,65 @@ def _run(plan: CompressionPlan, ctx: TrialContext, on_eval, applied=None) -> Tri
     values = [val_acc, float(size)]
     if s.extra_objective is not None:
         values.append(_extra_objective(student, splits, s))
-    constraints = constraints_for(s, val_acc, size, stopped=stopped is not None)
-    attrs.update(val_accuracy=val_acc, test_accuracy=test_acc, curve=result.curve if result else [])
+    attrs: dict[str, Any] = {"plan": plan.to_json(), "size_bytes": size, "ratio": s.reference_bytes / size,
+                             "val_accuracy": val_acc, "test_accuracy": test_acc,
+                             "curve": result.curve if result else []}
     if rejected:
         attrs["rejected"] = "budget"
-    if stopped:
-        attrs["stopped_at_rung"] = stopped.step
-    artifact = None if (rejected or stopped) else to_bytes(student)
+    artifact = None if rejected else to_bytes(student)
     if artifact is not None and len(artifact) != size:
         raise RuntimeError(f"packed size changed during fine-tuning ({size} -> {len(artifact)} bytes)")
     timings["total_s"] = time.perf_counter() - t0
     attrs["timings"] = timings
-    return TrialOutcome("complete", values=values, constraints=constraints, user_attrs=attrs, artifact=artifact)
+    return TrialOutcome("complete", values=values, constraints=constraints_for(s, val_acc, size), user_attrs=attrs,
+                        artifact=artifact)
 
 
-def _extra_objective(student: nn.Module, splits: Splits, s: TrialSettings) -> float:
+def run_checked(plan, ctx: TrialContext, *, budgets: Budgets = Budgets(),
+                on_rung: Callable[[int, float, int], None] | None = None,
+                pre: Preflight | None = None) -> TrialOutcome:
+    """:func:`run_trial` plus the budgets known before training and rung reports.
+
+    * A plan over ``budgets.max_bops`` or ``budgets.max_latency_ms`` is scored
+      without fine-tuning and told COMPLETE with a positive constraint of that
+      name and ``rejected: budget``, as run_trial does for the size budgets. Every
+      trial then carries the same constraints (<= 0 when within budget) and a
+      ``bops`` / ``latency_before_training_ms`` attribute.
+    * ``on_rung(step, val_accuracy, size_bytes)`` is called at every rung (the
+      size is known before training); it may raise ``StopTrial``.
+
+    With no budget and no ``on_rung`` this is exactly ``run_trial(plan, ctx)``.
+    """
+    if not budgets.any and on_rung is None:
+        return run_trial(plan, ctx)
+    try:
+        pre = pre or preflight(plan, ctx, budgets)
+    except Exception:  # noqa: BLE001 - let run_trial fail the trial with its own message
+        return run_trial(plan, ctx)
+    if pre.over:
+        settings = dataclasses.replace(ctx.settings, steps=0)
+        outcome = run_trial(plan, dataclasses.replace(ctx, settings=settings), applied=pre.applied())
+    else:
+        def on_eval(step: int, acc: float) -> None:
+            if on_rung is not None:
+                on_rung(int(step), float(acc), pre.size_bytes)
+
+        outcome = run_trial(plan, ctx, on_eval=on_eval, applied=pre.applied())
+    if outcome.state != "complete":
+        return outcome
+    outcome.constraints.update(budget_constraints(budgets, pre))
+    if pre.bops is not None:
+        outcome.user_attrs["bops"] = pre.bops
+    if budgets.max_latency_ms is not None:
+        outcome.user_attrs["latency_before_training_ms"] = pre.latency_ms
+    if pre.over:
+        outcome.user_attrs["rejected"] = "budget"
+        outcome.user_attrs["over_budget"] = list(pre.over)
+        outcome.artifact = None
+    return outcome
+
+
+def _extra_objective(student: nn.Module, splits, s: TrialSettings) -> float:
     example = splits.val.x[:1]
     if s.extra_objective == "latency":
         return latency_ms(student, example, batch_size=s.latency_batch_size, repeats=s.latency_repeats,

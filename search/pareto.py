@@ -283,7 +283,8 @@ def _eligible(df: pd.DataFrame) -> pd.Series:
     """Trials that count for the front and the hypervolume.
 
     COMPLETE, feasible (all constraints <= 0), fully fine-tuned (not stopped at a
-    rung) and not rejected by the size budget. Missing columns mean "no such
+    rung) and not rejected by a budget known before training (size, ratio, bops,
+    latency). Missing columns mean "no such
     trials", so hand-made frames work.
     """
     ok = pd.Series(True, index=df.index)

@@ -357,7 +357,8 @@ def test_a_real_run_stops_a_dominated_trial_and_keeps_it_off_the_front(tmp_path:
         rung = t.user_attrs["stopped_at_rung"]
         assert rung < 15 and t.constraints["stopped"] == 1.0
         assert t.values[0] == t.user_attrs["val_accuracy"] == t.user_attrs["curve"][-1][1]
-        assert t.user_attrs["curve"] == t.user_attrs["rungs"] and t.user_attrs["curve"][-1][0] == rung
+        assert t.user_attrs["curve"][-1][0] == rung and "rungs" not in t.user_attrs  # schema 2: rungs in `curve`
+        assert t.user_attrs["test_accuracy"] is None  # no test pass spent on a stopped trial
         by = t.user_attrs["stopped_by"]
         assert by["by_size_bytes"] <= t.user_attrs["size_bytes"] and by["by_accuracy"] > t.values[0]
     best = {t.number for t in study.best_trials}
@@ -365,7 +366,7 @@ def test_a_real_run_stops_a_dominated_trial_and_keeps_it_off_the_front(tmp_path:
     assert not set(front(study)["number"]) & {t.number for t in stopped}
     # Completed trials carry their rungs too (the table of a resumed run is rebuilt from them).
     full = [t for t in trials if t.user_attrs.get("stopped_at_rung") is None]
-    assert all(t.user_attrs["rungs"][-1][0] == 15 for t in full)
+    assert all(t.user_attrs["curve"][-1][0] == 15 for t in full)
     assert len(RungTable.from_trials(trials).at(5)) == 4
     assert TrialHooks.for_session(session).table.at(5).keys() == {t.number for t in trials}
     from compresstune.search import status_text

@@ -34,6 +34,8 @@ from compresstune.data import load_digits  # noqa: E402
 from compresstune.objectives import teacher_logits  # noqa: E402
 from compresstune.plan import CompressionPlan  # noqa: E402
 from compresstune.search import _ray  # noqa: E402
+import compresstune.search._ray.cluster  # noqa: E402,F401 - _ray.cluster, _ray.worker below
+
 from compresstune.search._controller import Session, _settings  # noqa: E402
 from compresstune.search._storage import SearchError  # noqa: E402
 from compresstune.search._trial import TrialContext, TrialOutcome, run_trial  # noqa: E402
@@ -83,7 +85,7 @@ def report(searcher: _ray.StudySearcher, trial_id: str, config: dict, metrics: d
     """What Tune does with a trial's result: the collector takes the outcome out of it."""
     tune_trial = SimpleNamespace(trial_id=trial_id, config=config, num_failures=0)
     searcher.tune_trials[trial_id] = tune_trial
-    _ray._Collector(searcher, log=lambda m: None).on_trial_result(0, [], tune_trial, metrics)
+    _ray.Collector(searcher, log=lambda m: None).on_trial_result(0, [], tune_trial, metrics)
 
 
 # -- the worker side -----------------------------------------------------------------------------
@@ -128,8 +130,8 @@ def test_budgets_known_before_training_match_the_local_loop(tmp_path):
 
 def test_a_trial_given_a_gpu_without_cuda_fails_with_the_reason(tmp_path, monkeypatch):
     session = make_session(tmp_path)
-    monkeypatch.setattr(_ray, "_gpu_ids", lambda: [0])
-    monkeypatch.setattr(_ray.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(_ray.worker, "_gpu_ids", lambda: [0])
+    monkeypatch.setattr(_ray.worker.torch.cuda, "is_available", lambda: False)
     plan = CompressionPlan.uniform(session.context.model, bits=8)
     outcome = pickle.loads(_ray.execute({"plan": plan.to_json()}, session.context)["outcome"])
     assert outcome.state == "fail" and "cannot use CUDA" in outcome.fail_reason
@@ -233,7 +235,7 @@ def test_a_trial_the_scheduler_stops_is_recorded_complete_from_its_rungs(tmp_pat
 
     session = make_session(tmp_path, trials=3)
     scheduler = ParetoStopScheduler(rule=StopRule(n_val=len(session.context.splits.val), final_step=4),
-                                    key_of=_ray._optuna_number)
+                                    key_of=_ray.optuna_number)
     searcher = _ray.StudySearcher(session, scheduler=scheduler)
     a, b = searcher.suggest("a"), searcher.suggest("b")
     tune_a, tune_b = SimpleNamespace(trial_id="a", config=a), SimpleNamespace(trial_id="b", config=b)
@@ -247,9 +249,9 @@ def test_a_trial_the_scheduler_stops_is_recorded_complete_from_its_rungs(tmp_pat
     assert t.state == TrialState.COMPLETE and t.values == [0.40, 900.0]
     assert t.constraints["stopped"] == 1.0 and t.user_attrs["stopped_at_rung"] == 2
     assert t.user_attrs["curve"] == [[2, 0.40]] and t.user_attrs["plan"] == b["plan"]
-    assert t.user_attrs["stopped_by"]["by"] == a["number"] and t.user_attrs["worker"] == {"pid": 11}
+    assert t.user_attrs["stopped_by"]["by"] == a["number"] and t.user_attrs["worker"] == {"pid": 11, "retries": 0}
     assert t.user_attrs["test_accuracy"] is None and "artifact" not in t.user_attrs
-    assert searcher.complete == 1  # it counts toward search.trials: one more trial, then wait
+    assert searcher.loop.complete == 1  # it counts toward search.trials: one more trial, then wait
     assert searcher.suggest("c")["number"] == 2 and searcher.suggest("d") is None
 
 
@@ -278,7 +280,7 @@ def test_too_many_failures_stop_the_search_and_interrupt_the_rest(tmp_path):
                                          "worker": {"pid": 1}, "complete": False})
     searcher.on_trial_complete("b", result={})
     assert isinstance(searcher.error, SearchError) and "2 failed trials" in str(searcher.error)
-    assert _ray._StopWhenSearchFails(searcher).stop_all() is True
+    assert _ray.StopWhenSearchFails(searcher).stop_all() is True
     assert searcher.suggest("d") == _ray.Searcher.FINISHED
     searcher.on_trial_complete("c", result={})  # stopped by Tune before it reported
     trials = session.study.get_trials()
@@ -316,7 +318,7 @@ def test_an_interrupt_while_a_finished_trial_is_recorded_leaves_nothing_running(
     searcher = _ray.StudySearcher(session)
     a = searcher.suggest("a")
     report(searcher, "a", a, _ray.execute(a, session.context))
-    monkeypatch.setattr(_ray, "record", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt("SIGTERM")))
+    monkeypatch.setattr(_ray.searcher.TrialLoop, "record", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt("SIGTERM")))
     with pytest.raises(KeyboardInterrupt):
         searcher.on_trial_complete("a", result={})
     monkeypatch.undo()
@@ -328,7 +330,7 @@ def test_an_interrupt_while_a_finished_trial_is_recorded_leaves_nothing_running(
 def test_searcher_collector_and_stopper_pickle_empty(tmp_path):
     # Tune pickles its config (tuner.pkl); the driver-only objects must not drag the session along.
     searcher = _ray.StudySearcher(make_session(tmp_path))
-    for obj in (searcher, _ray._Collector(searcher, print), _ray._StopWhenSearchFails(searcher)):
+    for obj in (searcher, _ray.Collector(searcher, print), _ray.StopWhenSearchFails(searcher)):
         assert len(pickle.dumps(obj)) < 2000
 
 
@@ -359,12 +361,12 @@ def test_local_addresses_are_recognised():
 
 def test_concurrency_follows_workers_or_the_cluster():
     res = SimpleNamespace(cpus_per_trial=0.5, gpus_per_trial=0.0)
-    assert _ray._concurrency(3, res, {"CPU": 64}) == 3
-    assert _ray._concurrency(0, res, {"CPU": 4}) == 8
+    assert _ray.cluster._concurrency(3, res, {"CPU": 64}) == 3
+    assert _ray.cluster._concurrency(0, res, {"CPU": 4}) == 8
     gpu = SimpleNamespace(cpus_per_trial=1, gpus_per_trial=0.5)
-    assert _ray._concurrency(0, gpu, {"CPU": 16, "GPU": 2}) == 4
+    assert _ray.cluster._concurrency(0, gpu, {"CPU": 16, "GPU": 2}) == 4
     with pytest.raises(SearchError, match="GPU"):
-        _ray._check_resources({"CPU": 2}, gpu, local=True)
+        _ray.cluster._check_resources({"CPU": 2}, gpu, local=True)
 
 
 # -- end to end: `compresstune run --workers 2` -----------------------------------------------------

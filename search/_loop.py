@@ -1,0 +1,227 @@
+"""The one trial loop: ask -> suggest -> (the executor runs the trial, with the
+budgets before training) -> record; seeds and their second round; the failure
+limit; interrupts and requeue. The in-process executor drives it one trial at a
+time; the Ray searcher drives it from Tune's callbacks, several trials in
+flight, each under its own key.
+
+Example:
+    >>> loop = TrialLoop(session)                        # doctest: +SKIP
+    >>> while loop.next_step() == ASK:                   # doctest: +SKIP
+    ...     asked = loop.ask("local")
+    ...     if asked is not None:
+    ...         trial, plan = asked
+    ...         loop.record("local", run_trial(plan, session.context))
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Hashable
+
+import optuna
+
+from compresstune.search._progress import Progress
+from compresstune.search._records import (FAIL_KIND, FAIL_REASON, FrontCache, Records, Tally, last_failure,
+                                          tally)
+from compresstune.search._seeds import SeedRefiner
+from compresstune.search._session import Session
+from compresstune.search._storage import SearchError, repair_interrupted, requeue
+from compresstune.search._trial import TrialOutcome, failed, failed_from
+
+__all__ = ["ASK", "FINISHED", "INTERRUPTED_BY_STOP", "INTERRUPTED_BY_USER", "WAIT", "TrialLoop",
+           "too_many_failures"]
+
+ASK, WAIT, FINISHED = "ask", "wait", "finished"
+
+INTERRUPTED_BY_USER = "interrupted: stopped by the user (Ctrl-C or SIGTERM)"
+INTERRUPTED_BY_STOP = "interrupted: the search stopped (search.max_failures reached) while it ran"
+
+
+def too_many_failures(study: optuna.Study, failed_count: int) -> str:
+    """The message of the error that ends a search at ``search.max_failures``."""
+    reason = last_failure(study.get_trials(deepcopy=False))
+    return f"stopped after {failed_count} failed trials (search.max_failures); the last one failed with: {reason}"
+
+
+class TrialLoop:
+    """One study's trial loop, shared by every executor.
+
+    Args:
+        session: the prepared study.
+        progress: show the progress line on stderr.
+        refresh_s: how often the counts are re-read from the storage (another
+            driver may share the study); in between they are kept up to date
+            by this loop's own records.
+    """
+
+    def __init__(self, session: Session, *, progress: bool = True, refresh_s: float = 1.0) -> None:
+        self.session, self.study = session, session.study
+        self.records = Records(session.study)
+        self.target = session.config.search.trials
+        self.max_failures = session.config.search.max_failures
+        self.refresh_s = refresh_s
+        self.live: dict[Hashable, optuna.Trial] = {}
+        self.error: SearchError | None = None
+        self.front = FrontCache(session.study.directions)
+        self.counts = Tally()
+        self._refreshed = -float("inf")
+        self.refresh(force=True)
+        self.progress = progress
+        self.bar: Progress | None = None  # drawn while running()
+        self.refiner = SeedRefiner(session)
+
+    # -- where the loop stands ----------------------------------------------------------------
+    @property
+    def complete(self) -> int:
+        return self.counts.complete
+
+    @property
+    def failed(self) -> int:
+        return self.counts.failed
+
+    def refresh(self, *, force: bool = False) -> None:
+        """Re-read the counts from the storage (at most every ``refresh_s``)."""
+        if not force and time.monotonic() - self._refreshed < self.refresh_s:
+            return
+        trials = self.study.get_trials(deepcopy=False)
+        self.counts = tally(trials)
+        self.front.add_trials(trials)
+        self._refreshed = time.monotonic()
+
+    def next_step(self) -> str:
+        """``ASK`` another trial, ``WAIT`` (enough in flight), or ``FINISHED``
+        (``search.trials`` COMPLETE, or too many failures: then :attr:`error` is set)."""
+        if self.error is not None:
+            return FINISHED
+        self.refresh()
+        if self.complete >= self.target:
+            return FINISHED
+        if self.failed >= self.max_failures:
+            self.error = SearchError(too_many_failures(self.study, self.failed))
+            return FINISHED
+        if self.complete + len(self.live) >= self.target:
+            return WAIT
+        return ASK
+
+    # -- one trial --------------------------------------------------------------------------------
+    def ask(self, key: Hashable):
+        """Ask the study for a trial and draw its plan; ``(trial, plan)``, or None when the
+        space failed (the trial is then recorded FAIL). The trial is in flight under
+        ``key`` until :meth:`record`."""
+        self.refiner.step(room=self.target - self.complete - len(self.live))
+        trial = self.study.ask()
+        self.live[key] = trial  # from here on an interruption finds it
+        self.records.write(trial, {"driver": self.session.driver})
+        try:
+            with self.records.batched_params(trial):
+                plan = self.session.space.suggest(trial)
+        except KeyboardInterrupt:
+            self._finish_suggest(trial)
+            self.interrupt(key, INTERRUPTED_BY_USER)
+            raise
+        except Exception as exc:  # noqa: BLE001 - the space itself failed: record, go on
+            self.record(key, failed_from(exc, "space"))
+            return None
+        return trial, plan
+
+    def _finish_suggest(self, trial) -> None:
+        """An interrupt inside ``space.suggest`` leaves the trial with part of its
+        parameters; complete them (already-set and enqueued ones come back as they
+        are) so that the requeued trial repeats the same plan."""
+        try:
+            self.session.space.suggest(trial)
+        except Exception:  # noqa: BLE001 - best effort: requeue what there is
+            pass
+
+    def record(self, key: Hashable, outcome: TrialOutcome) -> None:
+        """Write the artifact, then the trial's attributes and constraints (one
+        transaction), then tell the study: the only place trials are finished."""
+        trial = self.live[key]
+        attrs = dict(outcome.user_attrs)
+        if outcome.artifact is not None:
+            attrs["artifact"] = self._write_artifact(trial.number, outcome.artifact)
+        if outcome.state == "complete":
+            self.records.write(trial, attrs, outcome.constraints)
+            self.study.tell(trial, outcome.values)
+            self.front.add_values(trial.number, outcome.values, outcome.constraints)
+            self.counts = Tally(self.counts.complete + 1, self.counts.failed, self.counts.running,
+                                self.counts.interrupted)
+        else:
+            kind = outcome.fail_kind or "error"
+            attrs.update({FAIL_REASON: outcome.fail_reason or "unknown", FAIL_KIND: kind})
+            self.records.write(trial, attrs)
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            interrupted = kind == "interrupted"
+            self.counts = Tally(self.counts.complete, self.counts.failed + (not interrupted), self.counts.running,
+                                self.counts.interrupted + interrupted)
+        self.live.pop(key, None)
+        self._show()
+        if self.failed >= self.max_failures and self.complete < self.target and self.error is None:
+            self.error = SearchError(too_many_failures(self.study, self.failed))
+
+    def _write_artifact(self, number: int, blob: bytes) -> str:
+        rel = Path("artifacts") / f"trial_{number:05d}.ctz"
+        path = self.session.out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+        return str(rel)
+
+    # -- interruptions ------------------------------------------------------------------------
+    def interrupt(self, key: Hashable, reason: str) -> None:
+        """FAIL "interrupted" and queue the same parameters again, unless the trial was
+        recorded already (the interruption came after the tell)."""
+        trial = self.live.get(key)
+        if trial is None:
+            return
+        frozen = self.records.frozen(trial)
+        if frozen.state != optuna.trial.TrialState.RUNNING:
+            self.live.pop(key, None)
+            return
+        self.record(key, failed(reason, "interrupted"))
+        requeue(self.study, frozen)
+
+    def interrupt_all(self, reason: str) -> list[int]:
+        """Interrupt every trial still in flight; returns their numbers."""
+        numbers = []
+        for key in list(self.live):
+            numbers.append(self.live[key].number)
+            self.interrupt(key, reason)
+        return numbers
+
+    @contextmanager
+    def running(self):
+        """Around the executor's run: on Ctrl-C or SIGTERM every trial in flight is
+        FAIL "interrupted" and queued again, and whatever this driver still left
+        RUNNING is swept (an interrupt can land anywhere, even inside a record)."""
+        self.bar = Progress(self.target, done=self.complete, enabled=self.progress, stream=sys.stderr)
+        self._show()
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.interrupt_all(INTERRUPTED_BY_USER)
+            # E.g. interrupted inside study.ask(), before the trial was in flight here.
+            repair_interrupted(self.study, self.session.driver, INTERRUPTED_BY_USER)
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self._show()
+            self.bar.close()
+            self.bar = None
+
+    def _show(self) -> None:
+        if self.bar is not None:
+            self.bar.show(complete=self.complete, failed=self.failed, front=len(self.front))
+
+
+def worker_record(worker: dict[str, Any], seconds: float, retries: int = 0) -> dict[str, Any]:
+    """The ``worker`` attribute: where the trial ran, how long, how often it was retried."""
+    return {**worker, "seconds": round(seconds, 4), "retries": int(retries)}
