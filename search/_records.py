@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -350,7 +349,6 @@ class Records:
         system = {_CONSTRAINT_PREFIX + name: value for name, value in constraints.items()}
         with _create_scoped_session(rdb.scoped_session, True) as session:
             for key, value in user_attrs.items():
-                json.dumps(value)  # the same error as Optuna's for a value that is not JSON
                 rdb._set_trial_attr_without_commit(session, models.TrialUserAttributeModel, tid, key, value)
             for key, value in system.items():
                 rdb._set_trial_attr_without_commit(session, models.TrialSystemAttributeModel, tid, key, value)
