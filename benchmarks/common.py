@@ -163,7 +163,7 @@ def write_checkpoint(study_yaml: str | Path, *, half: bool = False) -> dict:
     training time and the validation / test accuracy of the weights as loaded
     back by ``baseline()``.
     """
-    from compresstune.train import accuracy
+    from compresstune.objectives import accuracy
 
     torch.set_num_threads(1)
     cfg = load_config(study_yaml)

@@ -42,7 +42,7 @@ FORWARD_AIM = 1.5
 def resnet20():
     """compresstune.models.ResNet20 (uint8 input) when present, else an equivalent local build."""
     try:
-        from compresstune.models import ResNet20
+        from studies.models import ResNet20
 
         return ResNet20, lambda n: torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     except ImportError:

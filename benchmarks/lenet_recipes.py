@@ -20,8 +20,8 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 from studies.mnist import data
-from compresstune.models import LeNet300, LeNet5
-from compresstune.train import fit
+from studies.models import LeNet300, LeNet5
+from studies.training import fit
 d = data(path="../shared/data/mnist", val_size=5000, seed=0)
 arch = sys.argv[1]
 variants = {

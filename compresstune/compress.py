@@ -17,7 +17,15 @@ from torch.nn.utils import parametrize
 
 from compresstune.errors import PlanError
 from compresstune.factored import FactoredConv, FactoredEmbedding, FactoredLinear
-from compresstune.layers import Discovery, LayerInfo, discover, is_transposed_linear, saves_storage
+from compresstune.layers import (  # effective_shapes stays importable from here, as before
+    Discovery,
+    LayerInfo,
+    discover,
+    effective_shapes,
+    is_transposed_linear,
+    kept_rows,
+    saves_storage,
+)
 from compresstune.ops import CompressedWeight, channels_to_keep
 from compresstune.plan import CompressionPlan, LayerPlan
 
@@ -87,30 +95,6 @@ def _check_operators(info: LayerInfo, lp: LayerPlan) -> None:
     for op in _operators(lp):
         if op in info.refused:
             raise PlanError(f"layer {info.name!r} ({info.kind}) cannot take {op}: {info.refused[op]}.")
-
-
-def _kept(rows: int, sparsity: float) -> int:
-    return max(1, rows - int(round(sparsity * rows)))
-
-
-def effective_shapes(found: Discovery, resolved: dict[str, LayerPlan]) -> dict[str, tuple[int, int]]:
-    """Matrix shape (rows, cols) of each planned layer once structured pruning has shrunk the model."""
-    by_module = {info.module_name: name for name, info in found.layers.items()}
-    shapes = {name: _matrix(info) for name, info in found.layers.items()}
-    for name, lp in resolved.items():
-        info = found.layers[name]
-        if not (lp.structured and lp.sparsity > 0):
-            continue
-        kept = _kept(info.rows, lp.sparsity)
-        shapes[name] = (kept, shapes[name][1])
-        for consumer in info.consumers:
-            target = by_module.get(consumer.module_name)
-            if target is None:
-                continue
-            per_channel = found.layers[target].cols // info.rows  # columns fed by one channel
-            r, c = shapes[target]
-            shapes[target] = (r, c - (info.rows - kept) * per_channel)
-    return shapes
 
 
 # -- apply -------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 catch ``ValueError`` and the message always names the field, the value and what
 is allowed."""
 
-__all__ = ["ArtifactError", "CompressTuneError", "ConfigError", "PlanError"]
+__all__ = ["ArtifactError", "CompressTuneError", "ConfigError", "DataError", "PlanError", "TrainingError"]
 
 
 class CompressTuneError(ValueError):
@@ -19,3 +19,11 @@ class ArtifactError(CompressTuneError):
 
 class ConfigError(CompressTuneError):
     """A study configuration that is malformed."""
+
+
+class DataError(CompressTuneError):
+    """Data that is malformed: a ``Split``, a batch size, a loader's file."""
+
+
+class TrainingError(CompressTuneError):
+    """A training or evaluation argument that is out of range."""

@@ -40,16 +40,18 @@ from __future__ import annotations
 import difflib
 import operator
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from compresstune.errors import PlanError
 
+if TYPE_CHECKING:  # annotations only: the plan module does not import this one at import time
+    from compresstune.plan import LayerPlan
+
 __all__ = ["KINDS", "Consumer", "Discovery", "LayerInfo", "discover"]
 
-OPERATORS = ("prune", "quantize", "lowrank", "structured")
 # Every kind discovery reports; a study's `space.types` selects among these.
 KINDS = (
     "linear", "transposed_linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
@@ -64,7 +66,6 @@ class Consumer:
 
     module_name: str
     kind: str  # "conv", "linear" or "batchnorm"
-    repeat: int = 1  # input features per channel after a flatten
 
 
 @dataclass(frozen=True)
@@ -187,6 +188,31 @@ class Discovery:
                 f"`{field_name}` names {name!r}, which is not a compressible layer of this model.{why}{hint} "
                 f"Compressible layers: {_preview(self.layers)}."
             )
+
+
+def kept_rows(rows: int, sparsity: float) -> int:
+    """Output channels left when structured pruning removes ``sparsity`` of ``rows`` (at least one)."""
+    return max(1, rows - int(round(sparsity * rows)))
+
+
+def effective_shapes(found: Discovery, resolved: Mapping[str, "LayerPlan"]) -> dict[str, tuple[int, int]]:
+    """Matrix shape (rows, cols) of each planned layer once structured pruning has shrunk the model."""
+    by_module = {info.module_name: name for name, info in found.layers.items()}
+    shapes = {name: (info.rows, info.cols) for name, info in found.layers.items()}
+    for name, lp in resolved.items():
+        info = found.layers[name]
+        if not (lp.structured and lp.sparsity > 0):
+            continue
+        kept = kept_rows(info.rows, lp.sparsity)
+        shapes[name] = (kept, shapes[name][1])
+        for consumer in info.consumers:
+            target = by_module.get(consumer.module_name)
+            if target is None:
+                continue
+            per_channel = found.layers[target].cols // info.rows  # columns fed by one channel
+            r, c = shapes[target]
+            shapes[target] = (r, c - (info.rows - kept) * per_channel)
+    return shapes
 
 
 def _preview(names, limit: int = 12) -> str:

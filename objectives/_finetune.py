@@ -12,9 +12,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compresstune.data import Split
+from compresstune.data import Split, iterate_batches
 from compresstune.ops import kd_loss
-from compresstune.train import accuracy, iterate_batches
+from compresstune.objectives._metrics import accuracy
 
 __all__ = ["FinetuneResult", "NonFiniteLoss", "recover", "teacher_logits"]
 

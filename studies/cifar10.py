@@ -27,8 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compresstune.data import Splits, load_cifar10
-from compresstune.train import fit_cached
+from compresstune.data import Splits
+
+from .datasets import load_cifar10
+from .training import fit_cached
 
 from .resnet_cifar import CifarResNet, load_published
 
@@ -50,7 +52,7 @@ def data(
     train_size: int | None = None,
     test_size: int | None = None,
 ) -> Splits:
-    """The CIFAR-10 splits; see :func:`compresstune.data.load_cifar10`.
+    """The CIFAR-10 splits; see :func:`studies.datasets.load_cifar10`.
 
     ``train_size`` / ``test_size`` keep a random subset (drawn with ``seed``) of
     the training / test split (recovery fine-tunes and smoke runs); None keeps all.

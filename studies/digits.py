@@ -16,15 +16,17 @@ from typing import Any, Callable
 
 from torch import nn
 
-from compresstune.data import Splits, load_digits
-from compresstune.models import DigitsCNN
-from compresstune.train import fit_cached
+from compresstune.data import Splits
+
+from .datasets import load_digits
+from .models import DigitsCNN
+from .training import fit_cached
 
 __all__ = ["baseline", "data"]
 
 
 def data(*, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0) -> Splits:
-    """The digits splits; see :func:`compresstune.data.load_digits`.
+    """The digits splits; see :func:`studies.datasets.load_digits`.
 
     Example:
         >>> len(data().train)
@@ -44,7 +46,7 @@ def baseline(
     seed: int = 0,
     log: Callable[[str], Any] | None = None,
 ) -> nn.Module:
-    """A trained :class:`~compresstune.models.DigitsCNN`, cached in ``cache_dir``.
+    """A trained :class:`~studies.models.DigitsCNN`, cached in ``cache_dir``.
 
     The first call trains with Adam and saves the weights under a name that
     hashes these settings and the data; later calls load them.

@@ -23,9 +23,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from compresstune.data import Splits, load_mnist
-from compresstune.models import LeNet5, LeNet300
-from compresstune.train import fit_cached
+from compresstune.data import Splits
+
+from .datasets import load_mnist
+from .models import LeNet5, LeNet300
+from .training import fit_cached
 
 from ._common import _describe, _load_checkpoint, _row_keys, _subset  # noqa: F401 (_row_keys: benchmarks/common.py)
 
@@ -44,7 +46,7 @@ def data(
     train_size: int | None = None,
     test_size: int | None = None,
 ) -> Splits:
-    """The MNIST splits; see :func:`compresstune.data.load_mnist`.
+    """The MNIST splits; see :func:`studies.datasets.load_mnist`.
 
     ``train_size`` / ``test_size`` keep a random subset (drawn with ``seed``) of
     the training / test split, e.g. for quick smoke runs; None keeps all.

@@ -25,9 +25,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from compresstune.data import Splits, load_tsv
-from compresstune.models import TextTransformer
-from compresstune.train import fit_cached
+from compresstune.data import Splits
+
+from .datasets import load_tsv
+from .models import TextTransformer
+from .training import fit_cached
 
 from ._common import _describe, _load_checkpoint, _row_keys, _subset  # noqa: F401 (_row_keys: benchmarks/common.py)
 
@@ -50,7 +52,7 @@ def data(
 ) -> Splits:
     """The SST-2 splits: train.tsv / dev.tsv / test.tsv as train / val / test.
 
-    See :func:`compresstune.data.load_tsv` for the tokenizer and vocabulary (always
+    See :func:`studies.datasets.load_tsv` for the tokenizer and vocabulary (always
     built from all of train.tsv). ``train_size`` / ``val_size`` / ``test_size`` keep
     a random subset (drawn with ``seed``) of the train / validation / test rows,
     e.g. for smoke runs; None keeps all.
@@ -72,7 +74,7 @@ def trim_padding(x: torch.Tensor, generator: torch.Generator | None = None) -> t
     """Drop the padding columns every row of a batch shares.
 
     Most SST-2 training rows are short phrases, so this makes training several
-    times faster; :class:`~compresstune.models.TextTransformer` gives the same
+    times faster; :class:`~studies.models.TextTransformer` gives the same
     output with or without trailing padding. Used as ``fit``'s batch transform.
 
     Example:
@@ -100,7 +102,7 @@ def baseline(
     checkpoint: str | Path | None = "auto",
     log: Callable[[str], Any] | None = None,
 ) -> nn.Module:
-    """A trained :class:`~compresstune.models.TextTransformer`: the committed
+    """A trained :class:`~studies.models.TextTransformer`: the committed
     checkpoint, or trained and cached in ``cache_dir``.
 
     The vocabulary size, sequence length and class count come from ``data``.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +13,12 @@ from torch.nn.utils import parametrize
 
 # The tests use tiny tensors: one intra-op thread avoids OpenMP spin-waiting on a busy 2-core machine.
 torch.set_num_threads(1)
+
+# The example studies (studies/: models, loaders, baseline training) are the
+# repository's, not the installed package's; appended so the package always wins.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.append(_ROOT)
 
 
 def run(model: nn.Module, *inputs) -> torch.Tensor:

@@ -30,7 +30,7 @@ from torch import nn
 pytest.importorskip("ray.tune", reason="the Ray executor needs ray[tune]")
 
 from compresstune.config import StudyConfig  # noqa: E402
-from compresstune.data import load_digits  # noqa: E402
+from studies.datasets import load_digits  # noqa: E402
 from compresstune.objectives import teacher_logits  # noqa: E402
 from compresstune.plan import CompressionPlan  # noqa: E402
 from compresstune.search import _ray  # noqa: E402
@@ -495,7 +495,7 @@ import resource
 
 from torch import nn
 
-from compresstune.data import load_digits
+from studies.datasets import load_digits
 
 
 class GreedyNet(nn.Module):

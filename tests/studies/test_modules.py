@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from compresstune.data import Split, Splits
-from compresstune.models import DigitsCNN, LeNet5, LeNet300, ResNet20, TextTransformer
-from compresstune.train import accuracy
+from studies.models import DigitsCNN, LeNet5, LeNet300, ResNet20, TextTransformer
+from compresstune.objectives import accuracy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 
 

@@ -1,4 +1,4 @@
-"""Training loop, accuracy and batching in compresstune.train."""
+"""Baseline training (studies/training.py), accuracy and batching."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
-from compresstune.data import Split, load_digits
-from compresstune.train import accuracy, cache_key, fit, fit_cached, iterate_batches
+from compresstune.data import Split, iterate_batches
+from compresstune.objectives import accuracy
+from studies.datasets import load_digits
+from studies.training import cache_key, fit, fit_cached
 
 
 def _blobs(n: int = 200, seed: int = 0) -> Split:

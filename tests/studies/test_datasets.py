@@ -16,17 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from compresstune.data import (
-    Split,
-    Splits,
-    load_cifar10,
-    load_digits,
-    load_mnist,
-    load_tsv,
-    tokenize,
-)
+from compresstune.data import Split, Splits
+from studies.datasets import load_cifar10, load_digits, load_mnist, load_tsv, tokenize
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 try:
     from PIL import Image as PIL
 except ImportError:  # pragma: no cover - Pillow is a dev dependency

@@ -7,7 +7,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from compresstune.models import DigitsCNN, LeNet5, LeNet300, ResNet20, TextTransformer
+from studies.models import DigitsCNN, LeNet5, LeNet300, ResNet20, TextTransformer
 
 
 def _n_params(m: nn.Module) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 PUBLISHED = {20: SHARED / "pretrained" / "resnet20-12fca82f.th", 56: SHARED / "pretrained" / "resnet56-4bfd9763.th"}
 
