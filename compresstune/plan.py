@@ -159,8 +159,7 @@ class CompressionPlan:
             >>> plan.layers[""].bits
             4
         """
-        from compresstune.compress import effective_shapes
-        from compresstune.layers import discover
+        from compresstune.layers import discover, effective_shapes  # layers imports torch; plan alone does not
 
         found = discover(model, trace=bool(structured))  # the graph only matters for structured pruning
         names = list(found.layers) if layers is None else list(layers)
