@@ -188,7 +188,7 @@ def write_checkpoint(study_yaml: str | Path, *, half: bool = False) -> dict:
                        + (" --half" if half else ""),
             "float16": half}
     info["data"].pop("cache_dir", None)
-    saved = {"state_dict": state, "val_keys": module._row_keys(splits.val.x), "info": info}
+    saved = {"state_dict": state, "val_keys": module.row_keys(splits.val.x), "info": info}
     torch.save(saved, path)
     again = baseline_fn(data=splits, cache_dir=tmp, checkpoint=str(path), log=log, **cfg.model.kwargs)
     info["val_accuracy"] = accuracy(again, splits.val, batch_size=500)

@@ -117,7 +117,7 @@ def _curves(scan: dict, prefix: str) -> dict[str, Callable[[float], float]]:
 # -- units and their ladders -------------------------------------------------------------------------
 
 @dataclass
-class _Unit:
+class _LadderUnit:
     prefix: str
     members: tuple[str, ...]
     ladders: dict[str, list]  # knob -> values from least to most compressive
@@ -143,7 +143,7 @@ def _sparsity_ladder(d: FloatDistribution) -> list[float]:
     return sorted(set(round(v, 12) for v in values))
 
 
-def _build_units(space, scan: dict) -> list[_Unit]:
+def _build_units(space, scan: dict) -> list[_LadderUnit]:
     dists = space.distributions()
     out = []
     for prefix, members in _units(space):
@@ -158,7 +158,7 @@ def _build_units(space, scan: dict) -> list[_Unit]:
                 ladders[knob], own[knob] = _sparsity_ladder(d), d
             elif isinstance(d, CategoricalDistribution):
                 ladders[knob], own[knob] = sorted(d.choices, reverse=True), d
-        out.append(_Unit(prefix, members, ladders, own, _curves(scan, prefix), fixed))
+        out.append(_LadderUnit(prefix, members, ladders, own, _curves(scan, prefix), fixed))
     return out
 
 
@@ -217,7 +217,7 @@ class _Sizer:
             return 4.0 * info.numel
         return estimate_bytes(info.rows, info.cols, sparsity=lp.sparsity, bits=lp.bits, rank=lp.rank)
 
-    def delta(self, unit: _Unit, params: dict[str, Any]) -> float:
+    def delta(self, unit: _LadderUnit, params: dict[str, Any]) -> float:
         """Predicted change of the packed size when only ``unit`` takes its values in ``params``."""
         mine = {k: v for k, v in params.items() if k.startswith(unit.prefix + ":")}
         key = (unit.prefix, tuple(sorted(mine.items())))
@@ -230,7 +230,7 @@ class _Sizer:
 
 # -- the greedy path and the targets ------------------------------------------------------------------
 
-def _params(units_: list[_Unit], state: dict[str, dict[str, Any]], distill: dict[str, Any]) -> dict[str, Any]:
+def _params(units_: list[_LadderUnit], state: dict[str, dict[str, Any]], distill: dict[str, Any]) -> dict[str, Any]:
     out = dict(distill)
     for u in units_:
         out.update(u.fixed)
@@ -238,7 +238,7 @@ def _params(units_: list[_Unit], state: dict[str, dict[str, Any]], distill: dict
     return out
 
 
-def _moves(u: _Unit, values: dict[str, Any], knobs):
+def _moves(u: _LadderUnit, values: dict[str, Any], knobs):
     for knob, ladder in u.ladders.items():
         if knob not in knobs:
             continue
@@ -288,7 +288,7 @@ def _greedy_path(units_, sizer: _Sizer, start: dict, *, stop_size: float, knobs=
     return path
 
 
-def _unit_params(u: _Unit, state: dict) -> dict:
+def _unit_params(u: _LadderUnit, state: dict) -> dict:
     return {f"{u.prefix}:{k}": v for k, v in state[u.prefix].items()}
 
 

@@ -12,16 +12,16 @@ from torch import nn
 
 from compresstune.data import Split, Splits
 
-__all__ = ["_describe", "_load_checkpoint", "_row_keys", "_subset"]
+__all__ = ["describe", "load_checkpoint", "row_keys", "subset"]
 
 
-def _describe(data: Any) -> str:
+def describe(data: Any) -> str:
     if isinstance(data, Splits):
         return f"{data.name!r} splits with x of shape {tuple(data.train.x.shape)}"
     return type(data).__name__
 
 
-def _subset(d: Splits, seed: int, **sizes: int | None) -> Splits:
+def subset(d: Splits, seed: int, **sizes: int | None) -> Splits:
     """Random subsets (file order kept) of the splits named in ``sizes``
     (``train_size=``, ``val_size=``, ``test_size=``; None keeps a split whole)."""
     parts = {"train": d.train, "val": d.val, "test": d.test}
@@ -37,14 +37,14 @@ def _subset(d: Splits, seed: int, **sizes: int | None) -> Splits:
     return Splits(parts["train"], parts["val"], parts["test"], d.num_classes, d.name, d.classes, d.vocab)
 
 
-def _row_keys(x: torch.Tensor) -> torch.Tensor:
+def row_keys(x: torch.Tensor) -> torch.Tensor:
     """One int64 hash per row: identifies a validation split without storing it."""
     flat = x.reshape(len(x), -1).to(torch.int64)
     weights = torch.randint(1, 2**62, (flat.shape[1],), generator=torch.Generator().manual_seed(0))
     return flat @ weights  # wraps modulo 2**64
 
 
-def _load_checkpoint(model: nn.Module, checkpoint, name: str, settings: dict, data: Splits, log, *,
+def load_checkpoint(model: nn.Module, checkpoint, name: str, settings: dict, data: Splits, log, *,
                      folder: Path) -> bool:
     """Load a committed baseline into ``model``; False when ``"auto"`` finds none that fits.
 
@@ -64,7 +64,7 @@ def _load_checkpoint(model: nn.Module, checkpoint, name: str, settings: dict, da
     why = None
     if info.get("settings") != settings:
         why = f"it was trained with {info.get('settings')}, not {settings}"
-    elif not bool(torch.isin(_row_keys(data.val.x), saved["val_keys"]).all()):
+    elif not bool(torch.isin(row_keys(data.val.x), saved["val_keys"]).all()):
         why = "the validation split differs from the one it was trained beside (it may have trained on it)"
     else:
         try:

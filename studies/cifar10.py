@@ -34,7 +34,7 @@ from .training import fit_cached
 
 from .resnet_cifar import CifarResNet, load_published
 
-from ._common import _describe, _load_checkpoint, _row_keys, _subset  # noqa: F401 (_row_keys: benchmarks/common.py)
+from ._common import describe, load_checkpoint, row_keys, subset  # noqa: F401 (row_keys: benchmarks/common.py)
 
 __all__ = ["baseline", "crop_flip", "data"]
 
@@ -62,7 +62,7 @@ def data(
         45000
     """
     splits = load_cifar10(path, cache_dir=cache_dir, val_size=val_size, seed=seed)
-    return _subset(splits, seed, train_size=train_size, test_size=test_size)
+    return subset(splits, seed, train_size=train_size, test_size=test_size)
 
 
 def crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -140,7 +140,7 @@ def baseline(
     """
     settings = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
     if not isinstance(data, Splits) or data.train.x.shape[1:] != (3, 32, 32):
-        raise ValueError(f"`data` must be the CIFAR-10 Splits from studies.cifar10.data(); got {_describe(data)}.")
+        raise ValueError(f"`data` must be the CIFAR-10 Splits from studies.cifar10.data(); got {describe(data)}.")
     if pretrained is not None and not Path(pretrained).expanduser().is_file():
         raise FileNotFoundError(f"`pretrained` weights not found: {pretrained} (relative paths resolve against "
                                 f"the current directory {Path.cwd()}).")
@@ -148,7 +148,7 @@ def baseline(
         raise ValueError(f"`augment` must be True or False; got {augment!r}.")
     with torch.random.fork_rng(devices=[]):
         model = CifarResNet(depth, num_classes=data.num_classes)
-    if _load_checkpoint(model, checkpoint, f"cifar10_resnet{depth}", settings, data, log, folder=CHECKPOINTS):
+    if load_checkpoint(model, checkpoint, f"cifar10_resnet{depth}", settings, data, log, folder=CHECKPOINTS):
         return model.eval()
 
     def make() -> nn.Module:

@@ -29,7 +29,7 @@ from .datasets import load_mnist
 from .models import LeNet5, LeNet300
 from .training import fit_cached
 
-from ._common import _describe, _load_checkpoint, _row_keys, _subset  # noqa: F401 (_row_keys: benchmarks/common.py)
+from ._common import describe, load_checkpoint, row_keys, subset  # noqa: F401 (row_keys: benchmarks/common.py)
 
 __all__ = ["ARCHS", "baseline", "data"]
 
@@ -55,7 +55,7 @@ def data(
         >>> len(data(path="../shared/data/mnist").test)  # doctest: +SKIP
         10000
     """
-    return _subset(load_mnist(path, val_size=val_size, seed=seed), seed, train_size=train_size,
+    return subset(load_mnist(path, val_size=val_size, seed=seed), seed, train_size=train_size,
                    test_size=test_size)
 
 
@@ -107,10 +107,10 @@ def baseline(
     if arch not in ARCHS:
         raise ValueError(f"`arch` must be one of {sorted(ARCHS)}; got {arch!r}.")
     if not isinstance(data, Splits) or data.train.x.shape[1:] != (1, 28, 28):
-        raise ValueError(f"`data` must be the MNIST Splits from studies.mnist.data(); got {_describe(data)}.")
+        raise ValueError(f"`data` must be the MNIST Splits from studies.mnist.data(); got {describe(data)}.")
     with torch.random.fork_rng(devices=[]):
         model = ARCHS[arch](num_classes=data.num_classes)
-    if _load_checkpoint(model, checkpoint, f"mnist_{arch}", settings, data, log, folder=CHECKPOINTS):
+    if load_checkpoint(model, checkpoint, f"mnist_{arch}", settings, data, log, folder=CHECKPOINTS):
         return model.eval()
     model, _ = fit_cached(
         lambda: ARCHS[arch](num_classes=data.num_classes), data, cache_dir=cache_dir,

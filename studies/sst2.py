@@ -31,7 +31,7 @@ from .datasets import load_tsv
 from .models import TextTransformer
 from .training import fit_cached
 
-from ._common import _describe, _load_checkpoint, _row_keys, _subset  # noqa: F401 (_row_keys: benchmarks/common.py)
+from ._common import describe, load_checkpoint, row_keys, subset  # noqa: F401 (row_keys: benchmarks/common.py)
 
 __all__ = ["baseline", "data", "trim_padding"]
 
@@ -67,7 +67,7 @@ def data(
         folder / "train.tsv", folder / "dev.tsv", folder / "test.tsv",
         max_len=max_len, vocab_size=vocab_size, min_freq=min_freq, name="sst2",
     )
-    return _subset(splits, seed, train_size=train_size, val_size=val_size, test_size=test_size)
+    return subset(splits, seed, train_size=train_size, val_size=val_size, test_size=test_size)
 
 
 def trim_padding(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -135,7 +135,7 @@ def baseline(
     settings = {k: v for k, v in locals().items() if k not in _NOT_SETTINGS}
     if not isinstance(data, Splits) or not data.vocab or data.train.x.dim() != 2:
         raise ValueError(
-            f"`data` must be token-id Splits with a vocabulary, from studies.sst2.data(); got {_describe(data)}."
+            f"`data` must be token-id Splits with a vocabulary, from studies.sst2.data(); got {describe(data)}."
         )
     arch = {
         "vocab_size": len(data.vocab), "d_model": d_model, "nhead": nhead, "num_layers": num_layers,
@@ -144,7 +144,7 @@ def baseline(
     }
     with torch.random.fork_rng(devices=[]):
         model = TextTransformer(**arch)
-    if _load_checkpoint(model, checkpoint, "sst2_transformer", settings, data, log, folder=CHECKPOINTS):
+    if load_checkpoint(model, checkpoint, "sst2_transformer", settings, data, log, folder=CHECKPOINTS):
         return model.eval()
     model, _ = fit_cached(
         lambda: TextTransformer(**arch), data, cache_dir=cache_dir, name="sst2-transformer",

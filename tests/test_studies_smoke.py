@@ -127,7 +127,7 @@ def test_checkpoint_is_used_only_when_settings_and_validation_match(tmp_path, mo
     settings = {"arch": "lenet300", "epochs": 1, "lr": 1e-3, "batch_size": 128, "weight_decay": 0.0,
                 "optimizer": "adam", "schedule": "constant", "momentum": 0.9, "keep_best": False, "seed": 0}
     torch.save({"state_dict": {k: v + 1 for k, v in trained.state_dict().items()},
-                "val_keys": mnist._row_keys(d.val.x), "info": {"settings": settings, "test_accuracy": 0.5}},
+                "val_keys": mnist.row_keys(d.val.x), "info": {"settings": settings, "test_accuracy": 0.5}},
                tmp_path / "mnist_lenet300.pt")
     lines: list[str] = []
     loaded = mnist.baseline(data=d, cache_dir=tmp_path / "cache", epochs=1, log=lines.append)
