@@ -19,7 +19,6 @@ import importlib
 import math
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time

@@ -10,7 +10,6 @@ each compressed variant back to back on the same input, and the table reports me
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import os
 import platform
@@ -40,9 +39,9 @@ FORWARD_AIM = 1.5
 # -- models -------------------------------------------------------------------------------------
 
 def resnet20():
-    """compresstune.models.ResNet20 (uint8 input) when present, else an equivalent local build."""
+    """studies.resnet_cifar.CifarResNet(20) (uint8 input) when present, else an equivalent local build."""
     try:
-        from studies.models import ResNet20
+        from studies.resnet_cifar import CifarResNet as ResNet20
 
         return ResNet20, lambda n: torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
     except ImportError:

@@ -27,7 +27,6 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 
 from common import BENCH, log, machine, markdown_table, run_study, study_config, today, trials_table, wilson
 

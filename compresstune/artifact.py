@@ -22,7 +22,6 @@ so :func:`packed_size` is known before fine-tuning and never changes during it.
 
 from __future__ import annotations
 
-import io
 import json
 import lzma
 import os
@@ -35,7 +34,7 @@ import torch
 import zstandard
 from torch import nn
 
-from compresstune.compress import PLAN_ATTR, apply, compressed_slots, plan_of
+from compresstune.compress import apply, compressed_slots, plan_of
 from compresstune.errors import ArtifactError, CompressTuneError
 from compresstune.ops import CompressedWeight, quantize_codes
 from compresstune.ops.quantize import qmax

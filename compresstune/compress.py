@@ -23,7 +23,6 @@ from compresstune.layers import (  # effective_shapes stays importable from here
     discover,
     effective_shapes,
     is_transposed_linear,
-    kept_rows,
     saves_storage,
 )
 from compresstune.ops import CompressedWeight, channels_to_keep

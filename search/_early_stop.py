@@ -51,12 +51,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable, Mapping
 
-from compresstune.search._budgets import Budgets, Preflight, preflight
-from compresstune.search._trial import StopTrial, TrialContext, TrialOutcome, run_checked, stopped_outcome
+from compresstune.search._budgets import Budgets
+from compresstune.search._trial import StopTrial, TrialContext, TrialOutcome, run_checked
 
 __all__ = [
-    "Budgets",
-    "Preflight",
     "RungTable",
     "StopDecision",
     "StopRule",
@@ -65,10 +63,7 @@ __all__ = [
     "rung_result",
     "session_stopping",
 ]
-# Budgets, Preflight, preflight, run_checked and stopped_outcome are imported here for
-# older callers; they live in search/_budgets.py and search/_trial.py.
-
-# The keys a Ray trainable reports at every rung (see search/_ray_stop.py).
+# The keys a Ray trainable reports at every rung (see search/_ray/scheduler.py).
 STEP_KEY, ACCURACY_KEY, SIZE_KEY = "rung_step", "val_accuracy", "size_bytes"
 
 

@@ -11,10 +11,9 @@ works on them.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DigitsCNN", "LeNet300", "LeNet5", "ResNet20", "TextTransformer"]
+__all__ = ["DigitsCNN", "LeNet300", "LeNet5", "TextTransformer"]
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 # Per-channel statistics of the CIFAR-10 training images.
@@ -113,80 +112,6 @@ class LeNet5(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool2(self.conv2(self.pool1(self.conv1(self.normalize(x)))))
         return self.fc2(self.relu(self.fc1(self.flatten(x))))
-
-
-class _PadShortcut(nn.Module):
-    """Option-A shortcut: subsample by 2 and zero-pad the new channels (no parameters)."""
-
-    def __init__(self, extra_channels: int) -> None:
-        super().__init__()
-        self.extra_channels = extra_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x[:, :, ::2, ::2]
-        return F.pad(x, (0, 0, 0, 0, self.extra_channels // 2, self.extra_channels - self.extra_channels // 2))
-
-
-class BasicBlock(nn.Module):
-    """Two 3x3 conv-BN layers with an identity (or option-A) shortcut."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.relu2 = nn.ReLU()
-        if stride != 1 or in_planes != planes:
-            self.shortcut: nn.Module = _PadShortcut(planes - in_planes)
-        else:
-            self.shortcut = nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
-
-
-class ResNet20(nn.Module):
-    """CIFAR ResNet-20 (He et al. 2016), option-A shortcuts, 0.27M parameters.
-
-    3 stages of 3 BasicBlocks with 16/32/64 channels; layer names follow
-    torchvision (``conv1``, ``layer1.0.conv1``, ..., ``fc``). Takes uint8 CIFAR
-    images ``(N, 3, 32, 32)``.
-
-    Example:
-        >>> ResNet20()(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape
-        torch.Size([2, 10])
-    """
-
-    def __init__(self, num_classes: int = 10) -> None:
-        super().__init__()
-        self.normalize = _Normalize(CIFAR10_MEAN, CIFAR10_STD)
-        self.conv1 = nn.Conv2d(3, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        self.relu = nn.ReLU()
-        self.layer1 = self._stage(16, 16, stride=1)
-        self.layer2 = self._stage(16, 32, stride=2)
-        self.layer3 = self._stage(32, 64, stride=2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Linear(64, num_classes)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    @staticmethod
-    def _stage(in_planes: int, planes: int, stride: int) -> nn.Sequential:
-        blocks = [BasicBlock(in_planes, planes, stride)]
-        blocks += [BasicBlock(planes, planes) for _ in range(2)]
-        return nn.Sequential(*blocks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(self.normalize(x))))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.fc(self.flatten(self.pool(x)))
 
 
 class TextTransformer(nn.Module):

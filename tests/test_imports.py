@@ -200,3 +200,5 @@ def test_the_old_names_still_work_with_a_warning():
     assert accuracy.__module__ == "compresstune.objectives._metrics"
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         compresstune.models.nope  # noqa: B018
+    with pytest.raises(AttributeError, match="CifarResNet"):
+        compresstune.models.ResNet20  # noqa: B018

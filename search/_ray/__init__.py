@@ -42,7 +42,7 @@ from compresstune.search._ray.cluster import (_TUNE_ENV, _environ, _is_local_add
 from compresstune.search._ray.scheduler import ParetoStopScheduler, optuna_number, stop_scheduler
 from compresstune.search._ray.searcher import (WORKER_RETRIES, Collector, StopWhenSearchFails,
                                                StudySearcher)
-from compresstune.search._ray.worker import _Gate, _SharedContext, _wait_for_peers, execute, trainable
+from compresstune.search._ray.worker import _Gate, _SharedContext, _wait_for_peers, execute, trainable  # noqa: F401 (_wait_for_peers: tests)
 from compresstune.search._session import Session
 from compresstune.search._storage import SearchError
 
@@ -59,7 +59,7 @@ def run_ray(session: Session, *, progress: bool = True) -> None:
         KeyboardInterrupt: Ctrl-C or SIGTERM; in-flight trials are then FAIL "interrupted"
             and queued again, so the same command resumes.
     """
-    cfg, res = session.config.search, session.config.resources
+    res = session.config.resources
     loop = TrialLoop(session, progress=progress)
     if loop.next_step() == FINISHED:  # nothing to run: no Ray started
         if loop.error is not None:

@@ -18,9 +18,9 @@ from torch import nn
 
 from compresstune.data import Split, Splits
 from compresstune.plan import CompressionPlan, LayerPlan
-from compresstune.search._early_stop import (Budgets, RungTable, StopRule, TrialHooks, margin, run_checked,
-                                             stopped_outcome)
-from compresstune.search._trial import StopTrial, TrialContext, TrialSettings
+from compresstune.search._budgets import Budgets
+from compresstune.search._early_stop import RungTable, StopRule, TrialHooks, margin
+from compresstune.search._trial import StopTrial, TrialContext, TrialSettings, run_checked, stopped_outcome
 
 N = 400
 RULE = StopRule(n_val=N, final_step=150, margin_se=2.0)

@@ -116,7 +116,8 @@ def test_memory_error_and_bad_input_become_fail_outcomes_not_exceptions(tmp_path
 
 
 def test_budgets_known_before_training_match_the_local_loop(tmp_path):
-    from compresstune.search._early_stop import Budgets, run_checked
+    from compresstune.search._budgets import Budgets
+    from compresstune.search._trial import run_checked
 
     session = make_session(tmp_path)
     plan = CompressionPlan.uniform(session.context.model, bits=8)

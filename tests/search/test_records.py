@@ -3,7 +3,6 @@ installed Optuna and real storages (SQLite, a journal file, in-memory)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import optuna

@@ -13,7 +13,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 import torch
 from optuna.trial import TrialState

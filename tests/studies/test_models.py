@@ -7,7 +7,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from studies.models import DigitsCNN, LeNet5, LeNet300, ResNet20, TextTransformer
+from studies.models import DigitsCNN, LeNet5, LeNet300, TextTransformer
 
 
 def _n_params(m: nn.Module) -> int:
@@ -22,7 +22,6 @@ IMAGE_MODELS = [
     (DigitsCNN, lambda: torch.rand(3, 1, 8, 8)),
     (LeNet300, lambda: _uint8(3, 1, 28, 28)),
     (LeNet5, lambda: _uint8(3, 1, 28, 28)),
-    (ResNet20, lambda: _uint8(3, 3, 32, 32)),
 ]
 
 
@@ -42,16 +41,6 @@ def test_parameter_counts(cls, expected):
     assert _n_params(cls()) == expected
 
 
-def test_resnet20_size_and_names():
-    model = ResNet20()
-    assert 0.26e6 <= _n_params(model) <= 0.28e6
-    names = {n for n, _ in model.named_modules()}
-    assert {"conv1", "layer1.0.conv1", "layer2.0.conv2", "layer3.2.bn2", "fc"} <= names
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    assert len(convs) == 19  # 1 stem + 3 stages x 3 blocks x 2; option-A shortcuts have no conv
-    assert model.layer3[0].conv1.out_channels == 64
-
-
 def test_lenet_names():
     assert [n for n, m in LeNet300().named_modules() if isinstance(m, nn.Linear)] == ["fc1", "fc2", "fc3"]
     layers = [n for n, m in LeNet5().named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
@@ -59,7 +48,7 @@ def test_lenet_names():
 
 
 def test_normalisation_constants_are_not_in_the_state_dict():
-    for model in (LeNet300(), LeNet5(), ResNet20()):
+    for model in (LeNet300(), LeNet5()):
         assert all(k.endswith(("weight", "bias", "running_mean", "running_var", "num_batches_tracked"))
                    for k in model.state_dict())
 
@@ -71,13 +60,6 @@ def test_uint8_input_is_scaled_like_the_float_equivalent():
     assert not torch.allclose(model(ones), model(ones * 255))
     first = model.fc1(((ones.float() / 255 - 0.1307) / 0.3081).flatten(1))
     assert torch.allclose(model.fc3(model.fc2(first.relu()).relu()), model(ones), atol=1e-6)
-
-
-def test_resnet20_trains_in_batchnorm_mode():
-    model = ResNet20().train()
-    out = model(_uint8(4, 3, 32, 32))
-    out.sum().backward()
-    assert model.conv1.weight.grad is not None and model.bn1.running_mean.abs().sum() > 0
 
 
 def test_text_transformer_shapes_and_padding_invariance():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from compresstune.data import Split, Splits
-from studies.models import DigitsCNN, LeNet5, LeNet300, ResNet20, TextTransformer
+from studies.models import DigitsCNN, LeNet5, LeNet300, TextTransformer
 from compresstune.objectives import accuracy
 
 ROOT = Path(__file__).resolve().parents[2]
