@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
-from compresstune.config import StudyConfig, load_config, resolve_import  # noqa: E402
+from compresstune.search.config import StudyConfig, load_config, resolve_import  # noqa: E402
 
 __all__ = ["ROOT", "BENCH", "log", "machine", "markdown_table", "run_study", "study_config", "today",
            "trials_table", "wilson", "write_checkpoint"]

@@ -44,7 +44,7 @@ def trials_of(study: optuna.Study) -> list[tuple[int, float, list, bool]]:
 
 def validation_size(config: dict) -> int:
     """Examples behind each rung accuracy: the study's validation split, loaded as the study does."""
-    from compresstune.config import StudyConfig
+    from compresstune.search.config import StudyConfig
     from compresstune.search._session import _call_factory
 
     data = StudyConfig.from_dict(config).data

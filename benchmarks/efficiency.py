@@ -44,7 +44,7 @@ from common import BENCH, SHARED_CACHE, log, machine, markdown_table, today  # n
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
-from compresstune.config import StudyConfig, load_config  # noqa: E402
+from compresstune.search.config import StudyConfig, load_config  # noqa: E402
 
 OUT = BENCH / "efficiency"
 STUDIES = {"digits": "studies/digits.yaml", "lenet300": "studies/mnist_lenet300.yaml"}

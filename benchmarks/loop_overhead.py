@@ -64,7 +64,7 @@ def make_model(*, data=None, cache_dir=None) -> nn.Module:
 
 
 def study_config(out: Path, trials: int, storage: str | None, sampler: str):
-    from compresstune.config import StudyConfig
+    from compresstune.search.config import StudyConfig
 
     return StudyConfig.model_validate({
         "name": "loop-overhead",

@@ -110,7 +110,7 @@ def write_study(folder: Path, name: str, steps: int, trials: int) -> Path:
 def calibrate(targets: list[float], scratch: Path) -> dict[float, int]:
     """Steps per target: time run_trial at two step counts, fit t = a + b * steps."""
     sys.path.insert(0, str(HERE))
-    from compresstune.config import load_config
+    from compresstune.search.config import load_config
     from compresstune.search._controller import prepare
     from compresstune.search._trial import run_trial
 
@@ -155,7 +155,7 @@ def one_run(study_file: Path, out: Path, workers: int) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    from compresstune.config import load_config
+    from compresstune.search.config import load_config
     from compresstune.search import run
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from compresstune.config import ensure_import_paths, load_config
+    from compresstune.search.config import ensure_import_paths, load_config
     from compresstune.search import run
 
     ensure_import_paths(args.study)
@@ -109,7 +109,7 @@ def _status(args) -> int:
 
 
 def _sensitivity(args) -> int:
-    from compresstune.config import ensure_import_paths, load_config
+    from compresstune.search.config import ensure_import_paths, load_config
     from compresstune.search._sensitivity import format_table, scan_study
 
     ensure_import_paths(args.study)

@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
+from compresstune._validation import check_number, check_one_of, invalid
 from compresstune.errors import PlanError
 
 SCHEMA_VERSION = 1
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
-FLOAT_BITS = (16, 32)
 
 __all__ = ["ALLOWED_BITS", "SCHEMA_VERSION", "CompressionPlan", "LayerPlan"]
-
-
-def _check_number(field_name: str, value: Any, allowed: str, ok) -> None:
-    bad_type = isinstance(value, bool) or not isinstance(value, (int, float))
-    if bad_type or not math.isfinite(value) or not ok(value):
-        raise PlanError(f"`{field_name}` must be {allowed}; got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -52,12 +45,11 @@ class LayerPlan:
     structured: bool = False
 
     def __post_init__(self) -> None:
-        _check_number("sparsity", self.sparsity, "a number in [0, 1)", lambda v: 0 <= v < 1)
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int) or self.bits not in ALLOWED_BITS:
-            raise PlanError(f"`bits` must be one of {list(ALLOWED_BITS)}; got {self.bits!r}.")
+        check_number("sparsity", self.sparsity, "a number in [0, 1)", lambda v: 0 <= v < 1, PlanError)
+        check_one_of("bits", self.bits, ALLOWED_BITS, PlanError)
         if self.rank is not None:
             if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
-                raise PlanError(f"`rank` must be None or an integer >= 1; got {self.rank!r}.")
+                raise invalid("rank", "None or an integer >= 1", self.rank, PlanError)
         if not isinstance(self.structured, bool):
             raise PlanError(f"`structured` must be True or False; got {self.structured!r}.")
         object.__setattr__(self, "sparsity", float(self.sparsity))
@@ -111,8 +103,8 @@ class CompressionPlan:
                 raise PlanError(f"layer names must be strings (module FQNs); got {name!r}.")
             if not isinstance(lp, LayerPlan):
                 raise PlanError(f"`layers[{name!r}]` must be a LayerPlan; got {type(lp).__name__}.")
-        _check_number("temperature", self.temperature, "a number > 0", lambda v: v > 0)
-        _check_number("alpha", self.alpha, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        check_number("temperature", self.temperature, "a number > 0", lambda v: v > 0, PlanError)
+        check_number("alpha", self.alpha, "a number in [0, 1]", lambda v: 0 <= v <= 1, PlanError)
         object.__setattr__(self, "layers", MappingProxyType(dict(self.layers)))
         object.__setattr__(self, "temperature", float(self.temperature))
         object.__setattr__(self, "alpha", float(self.alpha))

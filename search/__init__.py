@@ -4,7 +4,7 @@ hypervolume and the report.
 Names are imported on first use, so ``compresstune.search.pareto`` stays light.
 
 Example:
-    >>> from compresstune.config import load_config            # doctest: +SKIP
+    >>> from compresstune.search.config import load_config            # doctest: +SKIP
     >>> study, front = compresstune.search.run(load_config("studies/digits.yaml"))  # doctest: +SKIP
 """
 

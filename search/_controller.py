@@ -19,7 +19,7 @@ import torch
 
 import compresstune
 from compresstune.artifact import reference_size, to_bytes
-from compresstune.config import StudyConfig, config_diff
+from compresstune.search.config import StudyConfig, config_diff
 from compresstune.errors import ConfigError
 from compresstune.objectives import evaluate, teacher_logits
 from compresstune.spaces import Space
@@ -199,12 +199,12 @@ def run(config: StudyConfig | str | os.PathLike, *, new_study: bool = False, pro
         ``(study, front)``: the Optuna study and its feasible Pareto front as a DataFrame.
 
     Example:
-        >>> from compresstune.config import load_config          # doctest: +SKIP
+        >>> from compresstune.search.config import load_config          # doctest: +SKIP
         >>> study, front = run(load_config("studies/digits.yaml"))  # doctest: +SKIP
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if not isinstance(config, StudyConfig):
-        from compresstune.config import load_config
+        from compresstune.search.config import load_config
 
         study_file = study_file or str(Path(config).resolve())
         config = load_config(config)

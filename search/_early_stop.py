@@ -218,7 +218,7 @@ class StopRule:
 
     @classmethod
     def from_config(cls, config, *, n_val: int) -> "StopRule":
-        """The rule of a :class:`~compresstune.config.StudyConfig`."""
+        """The rule of a :class:`~compresstune.search.config.StudyConfig`."""
         es = config.early_stopping
         final = max(1, int(config.finetune.steps))
         return cls(n_val=int(n_val), final_step=final, margin_se=float(es.margin_se), min_margin=float(es.min_margin),

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from compresstune.artifact import load
 from compresstune.compress import squash
-from compresstune.config import StudyConfig, ensure_import_paths
+from compresstune.search.config import StudyConfig, ensure_import_paths
 from compresstune.objectives import evaluate
 from compresstune.search._storage import SearchError, load_study, read_pointer
 

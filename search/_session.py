@@ -11,7 +11,7 @@ from typing import Any, Callable
 import optuna
 import torch
 
-from compresstune.config import StudyConfig, resolve_import
+from compresstune.search.config import StudyConfig, resolve_import
 from compresstune.errors import ConfigError
 from compresstune.search._trial import TrialContext
 

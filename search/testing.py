@@ -155,7 +155,7 @@ def _size_of(params: dict) -> int:
 
 def study_config(out: Path, *, trials: int, workers: int):
     """The contract study: early stopping on, a size budget between the stopped and the rejected plan."""
-    from compresstune.config import StudyConfig
+    from compresstune.search.config import StudyConfig
 
     budget = (_size_of(PLANS["stopped"]) + _size_of(PLANS["rejected"])) // 2
     return StudyConfig.model_validate({

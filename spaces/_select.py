@@ -11,7 +11,7 @@ import fnmatch
 import re
 from typing import Any, Iterable
 
-from compresstune.config import Override, SpaceConfig
+from compresstune.search._schema import Override, SpaceConfig
 from compresstune.errors import ConfigError
 from compresstune.layers import Discovery
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -13,7 +12,8 @@ from optuna.trial import FixedTrial
 from torch import nn
 
 from compresstune.compress import effective_shapes
-from compresstune.config import FloatRange, SpaceConfig, StudyConfig
+from compresstune.search._schema import FloatRange, SpaceConfig, StudyConfig
+from compresstune._validation import check_number
 from compresstune.errors import ConfigError
 from compresstune.layers import Discovery, LayerInfo, discover
 from compresstune.plan import ALLOWED_BITS, CompressionPlan, LayerPlan
@@ -104,12 +104,6 @@ def _rank(info: LayerInfo, shape: tuple[int, int], fraction: float) -> int | Non
     # The rank is taken on the matrix left after structured pruning (of this layer
     # or of the layer feeding it), so it never exceeds the shrunken shape.
     return dataclasses.replace(info, shape=shape).rank_for_fraction(fraction)
-
-
-def _check_number(name: str, value: Any, allowed: str, ok) -> None:
-    bad = isinstance(value, bool) or not isinstance(value, (int, float))
-    if bad or not math.isfinite(value) or not ok(value):
-        raise ConfigError(f"`{name}` must be {allowed}; got {value!r}.")
 
 
 # -- the space ------------------------------------------------------------------------
@@ -311,17 +305,17 @@ class Space:
             >>> space.uniform_params(0.5, 6)
             {':sparsity': 0.5, ':bits': 8, 'distill:temperature': 4.0, 'distill:alpha': 0.5}
         """
-        _check_number("sparsity", sparsity, "a number in [0, 1)", lambda v: 0 <= v < 1)
+        check_number("sparsity", sparsity, "a number in [0, 1)", lambda v: 0 <= v < 1, ConfigError)
         if isinstance(bits, bool) or bits not in ALLOWED_BITS:
             raise ConfigError(f"`bits` must be one of {list(ALLOWED_BITS)}; got {bits!r}.")
         if rank_fraction is not None:
-            _check_number("rank_fraction", rank_fraction, "None or a number in (0, 1]", lambda v: 0 < v <= 1)
+            check_number("rank_fraction", rank_fraction, "None or a number in (0, 1]", lambda v: 0 < v <= 1, ConfigError)
         if not isinstance(structured, bool):
             raise ConfigError(f"`structured` must be True or False; got {structured!r}.")
         temperature = DEFAULT_TEMPERATURE if temperature is None else temperature
         alpha = DEFAULT_ALPHA if alpha is None else alpha
-        _check_number("temperature", temperature, "a number > 0", lambda v: v > 0)
-        _check_number("alpha", alpha, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+        check_number("temperature", temperature, "a number > 0", lambda v: v > 0, ConfigError)
+        check_number("alpha", alpha, "a number in [0, 1]", lambda v: 0 <= v <= 1, ConfigError)
         params: dict[str, Any] = {}
         for unit in self._units:
             infos = [self._found.layers[m] for m in unit.members]
@@ -360,7 +354,7 @@ def _space_config(space_cfg) -> SpaceConfig:
     if isinstance(space_cfg, SpaceConfig):
         return space_cfg
     if isinstance(space_cfg, Mapping):
-        from compresstune.config import _format_errors  # one error format for every config error
+        from compresstune.search._schema import _format_errors  # one error format for every config error
         from pydantic import ValidationError
 
         try:

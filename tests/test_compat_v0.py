@@ -18,7 +18,7 @@ import torch
 from optuna.trial import TrialState
 
 from compresstune.cli import main
-from compresstune.config import load_config
+from compresstune.search.config import load_config
 from compresstune.search import export_trial, load_study, run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from compresstune.cli import main as cli_main
-from compresstune.config import StudyConfig, load_config
+from compresstune.search.config import StudyConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -120,7 +120,7 @@ def test_a_dip_after_a_good_rung_is_judged_on_the_best_so_far() -> None:
 
 
 def test_the_rule_of_a_config_maps_grace_to_a_step() -> None:
-    from compresstune.config import StudyConfig
+    from compresstune.search.config import StudyConfig
 
     cfg = StudyConfig.from_dict({"model": {"factory": "m:f"}, "data": {"factory": "m:d"},
                                  "finetune": {"steps": 150, "eval_every": 50},
@@ -262,7 +262,7 @@ def test_a_latency_budget_is_checked_before_training_too() -> None:
 
 
 def test_latency_budgets_are_study_constraints(tmp_path: Path) -> None:
-    from compresstune.config import StudyConfig
+    from compresstune.search.config import StudyConfig
     from compresstune.errors import ConfigError
 
     base = {"model": {"factory": "m:f"}, "data": {"factory": "m:d"}}
@@ -334,7 +334,7 @@ def digits_cache(tmp_path_factory) -> Path:
 
 
 def test_a_real_run_stops_a_dominated_trial_and_keeps_it_off_the_front(tmp_path: Path, digits_cache: Path) -> None:
-    from compresstune.config import load_config
+    from compresstune.search.config import load_config
     from compresstune.search._controller import prepare
     from compresstune.search._local import run_local
     from compresstune.search.pareto import front
@@ -378,7 +378,7 @@ def test_a_real_run_stops_a_dominated_trial_and_keeps_it_off_the_front(tmp_path:
 def test_on_ray_the_scheduler_stops_the_same_dominated_trial(tmp_path: Path, digits_cache: Path) -> None:
     """The run above on one Ray worker: the same trial is stopped, by the Tune scheduler."""
     pytest.importorskip("ray.tune")
-    from compresstune.config import load_config
+    from compresstune.search.config import load_config
     from compresstune.search._controller import prepare
     from compresstune.search._ray import run_ray
     from compresstune.search.pareto import front

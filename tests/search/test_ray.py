@@ -29,7 +29,7 @@ from torch import nn
 
 pytest.importorskip("ray.tune", reason="the Ray executor needs ray[tune]")
 
-from compresstune.config import StudyConfig  # noqa: E402
+from compresstune.search.config import StudyConfig  # noqa: E402
 from studies.datasets import load_digits  # noqa: E402
 from compresstune.objectives import teacher_logits  # noqa: E402
 from compresstune.plan import CompressionPlan  # noqa: E402
@@ -464,7 +464,7 @@ def test_workers_run_exactly_n_trials_recorded_like_the_local_loop(tmp_path, mon
 
     # The same study through the in-process loop: where a trial got the same plan (the
     # queued seeds and the sampler's first draws), the same values, constraints and attributes.
-    from compresstune.config import load_config
+    from compresstune.search.config import load_config
     from compresstune.search import run
 
     config = load_config(study_file, out=str(tmp_path / "local"))

@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
-from compresstune.config import StudyConfig
+from compresstune.search.config import StudyConfig
 from compresstune.search import _records
 from compresstune.search._records import FrontCache, Records, fail_kind, keys_table, tally
 from compresstune.search._storage import SearchError, open_storage

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 import compresstune as ct
 from compresstune.cli import main
-from compresstune.config import load_config
+from compresstune.search.config import load_config
 from compresstune.search import SearchError, export_trial, load_study, run
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from torch import nn
 
 from compresstune.artifact import reference_size, to_bytes
 from compresstune.compress import apply
-from compresstune.config import StudyConfig, load_config
+from compresstune.search.config import StudyConfig, load_config
 from compresstune.layers import discover
 from compresstune.plan import CompressionPlan, LayerPlan
 from compresstune.search._seeds import estimate_bytes, narrowed_space, narrowing, plan_seeds

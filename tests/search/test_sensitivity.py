@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from compresstune.config import StudyConfig
+from compresstune.search.config import StudyConfig
 from compresstune.errors import ConfigError
 from compresstune.spaces import Space
 from compresstune.search._sensitivity import CACHE_FILE, format_table, load_or_scan, scan, units

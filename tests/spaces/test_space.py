@@ -14,7 +14,7 @@ from optuna.trial import FixedTrial
 from torch import nn
 
 from compresstune.compress import apply
-from compresstune.config import SpaceConfig, StudyConfig
+from compresstune.search.config import SpaceConfig, StudyConfig
 from compresstune.errors import ConfigError
 from compresstune.plan import CompressionPlan
 from compresstune.spaces import Space

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from compresstune.config import (
+from compresstune.search.config import (
     FactorySpec,
     StudyConfig,
     config_diff,
@@ -141,7 +141,7 @@ def test_unknown_key_without_close_match_lists_allowed_keys():
 
 
 @pytest.mark.parametrize("sections, field, value_and_allowed", [
-    ({"space": {"bits": [4, 9]}}, "`space.bits`", f"bits must be in {list(ALLOWED_BITS)}; got 9"),
+    ({"space": {"bits": [4, 9]}}, "`space.bits`", f"`bits` must be one of {list(ALLOWED_BITS)}; got 9"),
     ({"space": {"overrides": [{"type": "linear", "bits": 1}]}}, "`space.overrides[0].bits`", "got 1"),
     ({"space": {"bits": True}}, "`space.bits[0]`", "not a boolean; got True"),
     ({"space": {"sparsity": {"low": 0.0, "high": 1.0}}}, "`space.sparsity`", "`high` must be in [0, 1); got 1"),
