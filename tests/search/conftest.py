@@ -81,7 +81,7 @@ def plan_for(params: dict[str, Any]) -> str:
     )
 
 
-def study_attrs(*, third: str | None = None, uniform: bool = True) -> dict[str, Any]:
+def study_attrs(*, third: str | None = None) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "compresstune_version": "0.1.0",
         "config": {"model": "studies/tiny.py:build", "n_trials": 12, "max_accuracy_drop": MAX_DROP},
@@ -101,11 +101,6 @@ def study_attrs(*, third: str | None = None, uniform: bool = True) -> dict[str, 
         "versions": {"compresstune": "0.1.0", "torch": "2.13.0", "optuna": optuna.__version__, "ray": "none",
                      "python": "3.11"},  # fmt: skip
     }
-    if uniform:
-        attrs["uniform_reference"] = [
-            {"sparsity": 0.5, "bits": 8, "val_accuracy": 0.905, "test_accuracy": 0.9, "size_bytes": 160_000},
-            {"sparsity": 0.8, "bits": 4, "val_accuracy": 0.86, "test_accuracy": 0.855, "size_bytes": 45_000},
-        ]
     if third:
         attrs["config"]["third_objective"] = third
     return attrs
@@ -242,7 +237,7 @@ def main_report(main_data, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     Reuses ``main_data``; ``write_report`` itself is exercised on the other studies.
     """
-    from compresstune.search.report import _write_files
+    from compresstune.search.report._html import _write_files
 
     return _write_files(main_data, tmp_path_factory.mktemp("report"))
 

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from compresstune.search import report as report_mod
+from compresstune.search.report import _data, _figures, _format
 from compresstune.search.pareto import hypervolume_series, reference_point
 from compresstune.search.report import ReportData, report_data, trials_frame, write_report
 
@@ -103,7 +104,7 @@ def test_heatmaps_shape_order_and_values(main_data, kit):
 
 
 def test_layers_follow_the_study_attr_then_plan_only_layers(study, kit, monkeypatch):
-    monkeypatch.setattr(report_mod, "_importances", lambda *a: ({}, "skipped"))
+    monkeypatch.setattr(_data, "_importances", lambda *a: ({}, "skipped"))
     study.set_user_attr("layers", ["fc2", "fc1"])
     data = report_data(study)
     assert data.layers[:2] == ["fc2", "fc1"]
@@ -121,7 +122,6 @@ def test_report_data_counts_reference_baseline_and_exports(main_data, kit):
     assert data.baseline["val_accuracy"] == pytest.approx(0.92)
     assert data.export_commands[9] == "compresstune export 'runs/my study' --trial 9 --output trial_9.ctz"
     assert set(data.export_commands) == kit.FRONT_NUMBERS
-    assert len(data.uniform_reference) == 2 and data.uniform_reference["ratio"].iloc[0] == pytest.approx(6.25)
     assert data.versions["optuna"] == optuna.__version__ and data.machine == "test-box (2 cores)"
     assert data.settings["fingerprint"] == "abc123"
     assert data.distillation[2] == {"temperature": 3.0, "alpha": 0.5}
@@ -130,7 +130,7 @@ def test_report_data_counts_reference_baseline_and_exports(main_data, kit):
 
 
 def test_export_dir_defaults(study, tmp_path, monkeypatch):
-    monkeypatch.setattr(report_mod, "_importances", lambda *a: ({}, "skipped"))
+    monkeypatch.setattr(_data, "_importances", lambda *a: ({}, "skipped"))
     # report_data: the folder of the sqlite storage; write_report: the folder written into.
     data = report_data(study)
     assert data.export_commands[0] == f"compresstune export {tmp_path} --trial 0 --output trial_0.ctz"
@@ -188,7 +188,6 @@ def test_report_data_without_reference_point_or_baseline(kit):
     data = report_data(study)
     assert data.reference_point is None and data.baseline is None and math.isnan(data.hypervolume)
     assert data.hypervolume_by_trial.empty
-    assert data.uniform_reference.empty
 
 
 # ---------------------------------------------------------------- write_report
@@ -218,7 +217,7 @@ def test_write_report_files_and_html(main_report, kit):
     assert "cdn.plot.ly" not in page.replace(_plotly_bundle(), "")
     assert not re.search(r"<script[^>]+src=", page)
     traces = {t.get("uid"): t for t in plotly_traces(page)}
-    assert {"pareto-front", "dominated", "infeasible", "rejected", "stopped", "uniform", "baseline",
+    assert {"pareto-front", "dominated", "infeasible", "rejected", "stopped", "baseline",
             "hv-reference", "hv-region", "hv-by-trial", "hv-by-time", "heatmap-sparsity", "heatmap-bits",
             "heatmap-rank_fraction", "importance-val_accuracy"} <= set(traces)  # fmt: skip
     assert decode(traces["pareto-front"]["x"]) == [100_000, 200_000, 200_000, 500_000]
@@ -239,7 +238,7 @@ def _plotly_bundle() -> str:
 
 
 def test_write_report_three_objectives(study3, tmp_path, monkeypatch):
-    monkeypatch.setattr(report_mod, "_importances", lambda *a: ({}, "skipped"))
+    monkeypatch.setattr(_data, "_importances", lambda *a: ({}, "skipped"))
     page = write_report(study3, tmp_path / "r").read_text(encoding="utf-8")
     uids = {t.get("uid") for t in plotly_traces(page)}
     assert {"pareto-front", "pareto-front-3d", "pareto-front-2d", "proj1-front", "proj3-front"} <= uids
@@ -265,7 +264,7 @@ def test_write_report_rejects_a_file_as_out_dir(study, tmp_path):
 
 
 def test_plan_hover_is_compact(kit):
-    lines = report_mod._plan_lines(kit.plan_for(kit.params_for(2)), kit.LAYERS)
+    lines = _format._plan_lines(kit.plan_for(kit.params_for(2)), kit.LAYERS)
     assert lines[2] == "fc1 s0.05 b32 r16"
     assert lines[3].startswith("fc2 s0.20 b2 r—")
     assert lines[1].startswith("features.3 s0.85ch")
@@ -273,13 +272,13 @@ def test_plan_hover_is_compact(kit):
 
 
 def test_size_ticks_are_readable():
-    ticks = report_mod._size_ticks(20_000, 1_000_000)
+    ticks = _figures._size_ticks(20_000, 1_000_000)
     assert "1 MB" in ticks["ticktext"] and "50 kB" in ticks["ticktext"]
-    assert report_mod._size_ticks(np.nan, 10) == {}
+    assert _figures._size_ticks(np.nan, 10) == {}
 
 
 def test_hostile_trials_never_crash_the_report(kit, tmp_path, monkeypatch):
-    monkeypatch.setattr(report_mod, "_importances", lambda *a: ({}, "skipped"))
+    monkeypatch.setattr(_data, "_importances", lambda *a: ({}, "skipped"))
     study = optuna.create_study(directions=["maximize", "minimize"])
     for key, value in kit.study_attrs().items():
         study.set_user_attr(key, value)
@@ -304,7 +303,7 @@ def test_hostile_trials_never_crash_the_report(kit, tmp_path, monkeypatch):
 
 
 def test_the_sensitivity_scan_is_a_heatmap_of_drops(study, tmp_path, monkeypatch):
-    monkeypatch.setattr(report_mod, "_importances", lambda *a: ({}, "skipped"))
+    monkeypatch.setattr(_data, "_importances", lambda *a: ({}, "skipped"))
     assert report_data(study).sensitivity is None
     page = write_report(study, tmp_path / "without").read_text(encoding="utf-8")
     assert "No sensitivity scan in this study" in page
