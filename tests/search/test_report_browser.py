@@ -99,8 +99,9 @@ def test_report_renders_without_errors_and_shows_the_front(browser, main_report,
 
 def test_three_objective_report_renders_without_errors(browser, study3, tmp_path, monkeypatch):
     from compresstune.search import report as report_mod
+    from compresstune.search.report import _data
 
-    monkeypatch.setattr(report_mod, "_importances", lambda *a: ({}, "skipped in this test"))
+    monkeypatch.setattr(_data, "_importances", lambda *a: ({}, "skipped in this test"))
     path = report_mod.write_report(study3, tmp_path / "r")
     page, errors, external = open_report(browser, path)
     try:
