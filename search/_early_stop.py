@@ -1,8 +1,8 @@
-"""Pareto-aware early stopping and budgets known before training.
+"""Pareto-aware early stopping: the stop rule and the rung table it reads.
 
 Shared by the in-process loop and the Ray executor: the stopping rule is pure
 (plain numbers in, a decision out) so that the local driver and the Ray Tune
-scheduler (:mod:`compresstune.search._ray_stop`) decide in exactly the same way.
+scheduler (:mod:`compresstune.search._ray.scheduler`) decide in exactly the same way.
 
 The rule. During the recovery fine-tune a trial reports its validation accuracy
 at rungs (every ``finetune.eval_every`` steps). A trial's entry at a rung is its

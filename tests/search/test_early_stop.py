@@ -173,7 +173,7 @@ def test_table_is_rebuilt_from_recorded_trials() -> None:
 def test_ray_scheduler_stops_with_the_same_rule() -> None:
     from ray.tune.schedulers import TrialScheduler
 
-    from compresstune.search._ray_stop import ParetoStopScheduler
+    from compresstune.search._ray.scheduler import ParetoStopScheduler
 
     sched = ParetoStopScheduler(rule=RULE, table=table((7, 50, 100, 0.99)))
     a, b, c = (SimpleNamespace(trial_id=i) for i in ("a", "b", "c"))

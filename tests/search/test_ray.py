@@ -232,7 +232,7 @@ def test_the_searcher_matches_the_local_loop_for_budget_rejections(tmp_path):
 
 def test_a_trial_the_scheduler_stops_is_recorded_complete_from_its_rungs(tmp_path):
     from compresstune.search._early_stop import StopRule, rung_result
-    from compresstune.search._ray_stop import ParetoStopScheduler
+    from compresstune.search._ray.scheduler import ParetoStopScheduler
 
     session = make_session(tmp_path, trials=3)
     scheduler = ParetoStopScheduler(rule=StopRule(n_val=len(session.context.splits.val), final_step=4),
