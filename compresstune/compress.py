@@ -117,7 +117,7 @@ def apply(model: nn.Module, plan: CompressionPlan, *, inplace: bool = False) -> 
                                                            for lp in plan.layers.values())
     found = discover(model, trace=structured)
     resolved = resolve_plan(plan, found)
-    out = model if inplace else copy.deepcopy(model)
+    out = model if inplace else _deepcopy(model)
     modules = dict(out.named_modules(remove_duplicate=False))  # a module used twice is reachable by both names
     with torch.no_grad():
         for name, lp in resolved.items():
@@ -265,7 +265,7 @@ def squash(model: nn.Module) -> nn.Module:
         >>> type(plain[0]).__name__, plain[0].weight.shape
         ('FactoredLinear', torch.Size([8, 16]))
     """
-    out = copy.deepcopy(model)
+    out = _deepcopy(model)
     for module in out.modules():
         if parametrize.is_parametrized(module):
             _own_class(module)
@@ -302,6 +302,20 @@ def squash(model: nn.Module) -> nn.Module:
     if hasattr(out, PLAN_ATTR):
         delattr(out, PLAN_ATTR)
     return out
+
+
+def _deepcopy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copies a compressed recurrent module after a backward pass.
+
+    ``nn.LSTM``/``nn.GRU`` cache their weights in ``_flat_weights``; with a parametrized
+    weight, a forward under autograd caches non-leaf tensors, which deepcopy refuses.
+    Recomputing the cache under ``no_grad`` gives leaves (the next forward refreshes it anyway).
+    """
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.RNNBase) and parametrize.is_parametrized(module):
+                module._init_flat_weights()
+    return copy.deepcopy(model)
 
 
 def _own_class(module: nn.Module) -> None:

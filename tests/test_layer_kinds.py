@@ -136,6 +136,22 @@ def test_recurrent_forward_uses_the_compressed_weights(cls):
     assert torch.equal(outputs(plain, lambda m: m(x)[0]), outputs(small, lambda m: m(x)[0]))
 
 
+@pytest.mark.parametrize("cls", [nn.LSTM, nn.GRU])
+def test_recurrent_model_squashes_and_copies_after_a_training_step(cls):
+    torch.manual_seed(0)
+    rnn = cls(6, 5, 2)
+    small = ct.apply(rnn, CompressionPlan({"": LayerPlan(sparsity=0.5, bits=4)}))
+    x = torch.randn(4, 3, 6)
+    small(x)[0].sum().backward()  # the cached flat weights are now non-leaf tensors
+    plain = ct.squash(small)
+    again = ct.apply(small, CompressionPlan({}))
+    assert torch.equal(outputs(plain, lambda m: m(x)[0]), outputs(small, lambda m: m(x)[0]))
+    assert torch.equal(outputs(again, lambda m: m(x)[0]), outputs(small, lambda m: m(x)[0]))
+    small.zero_grad()
+    small(x)[0].sum().backward()  # the original still trains through its parametrizations
+    assert small.parametrizations["weight_hh_l1"].original.grad.abs().sum() > 0
+
+
 def test_recurrent_rank_is_checked_against_the_smallest_matrix():
     with pytest.raises(PlanError, match=r"`rank` of layer 'rnn' must be at most 12 .*weight_ih_l0 72 x 12"):
         ct.apply(GRUClassifier(), CompressionPlan({"rnn": LayerPlan(rank=13)}))
