@@ -33,8 +33,8 @@ from common import BENCH, log, machine, markdown_table, run_study, study_config,
 import torch
 
 import compresstune as ct
-from compresstune.objectives import evaluate, recover, teacher_logits
-from compresstune.search._controller import load_data_and_model
+from compresstune.objectives import evaluate, recover, teacher_outputs
+from compresstune.search._session import load_model_and_task
 
 HERE = BENCH / "deep_compression"
 # Deep Compression, Table 1 and Tables 2-3 (weights kept after pruning, per layer).
@@ -70,38 +70,38 @@ def pick(study):
 def final_finetune(cfg, trial_row, epochs: int, tail_epochs: int, seed: int) -> dict:
     torch.set_num_threads(1)
     out = HERE / cfg.name.removeprefix("dc-")
-    splits, model = load_data_and_model(cfg, out / "search")
+    model, task = load_model_and_task(cfg, out / "search")
+    train_x, _ = task.train_tensors()
     plan = ct.CompressionPlan.from_json(trial_row["plan"])
     student = ct.apply(model, plan)
     f = cfg.finetune
-    soft = teacher_logits(model, splits.train, batch_size=f.eval_batch_size)
-    per_epoch = math.ceil(len(splits.train) / f.batch_size)
+    soft = teacher_outputs(model, task, batch_size=f.eval_batch_size)
+    per_epoch = math.ceil(len(train_x) / f.batch_size)
     t0 = time.perf_counter()
     curve = []
     for phase, (n, lr) in enumerate(((epochs, f.lr), (tail_epochs, f.lr / 10))):
         if n <= 0:
             continue
-        res = recover(student, splits.train, splits.val, soft_targets=soft, temperature=plan.temperature,
-                      alpha=plan.alpha, steps=n * per_epoch, batch_size=f.batch_size, lr=lr,
-                      optimizer=f.optimizer, eval_every=per_epoch, eval_batch_size=f.eval_batch_size,
-                      seed=seed + phase)
+        res = recover(student, model, task, temperature=plan.temperature, alpha=plan.alpha,
+                      steps=n * per_epoch, lr=lr, optimizer=f.optimizer, eval_every=per_epoch,
+                      seed=seed + phase, cached_teacher=soft)
         curve += [(s + (epochs * per_epoch if phase else 0), a) for s, a in res.curve]
         log(f"phase {phase}: {n} epochs at lr {lr:g}: val {res.curve[-1][1]:.4f}")
     seconds = time.perf_counter() - t0
     path = out / "final.ctz"
     nbytes = ct.save(student, path)
     assert os.path.getsize(path) == nbytes == ct.packed_size(student)
-    fresh = type(model)(num_classes=splits.num_classes)
+    fresh = type(model)(num_classes=task.num_classes)
     loaded = ct.load(path, into=fresh).eval()
-    test_acc = evaluate(loaded, splits.test, batch_size=f.eval_batch_size)
+    test_acc = evaluate(loaded, task, "test")
     ref = ct.reference_size(model)
     return {
         "trial": int(trial_row["number"]), "plan": json.loads(trial_row["plan"]),
         "search_val_accuracy": float(trial_row["val_accuracy"]), "search_ratio": float(trial_row["ratio"]),
-        "final_val_accuracy": evaluate(loaded, splits.val, batch_size=f.eval_batch_size),
-        "test_accuracy": test_acc, "test_n": len(splits.test),
-        "baseline_val_accuracy": evaluate(model, splits.val, batch_size=f.eval_batch_size),
-        "baseline_test_accuracy": evaluate(model, splits.test, batch_size=f.eval_batch_size),
+        "final_val_accuracy": evaluate(loaded, task, "val"),
+        "test_accuracy": test_acc, "test_n": sum(len(y) for _, y in task.batches("test")),
+        "baseline_val_accuracy": evaluate(model, task, "val"),
+        "baseline_test_accuracy": evaluate(model, task, "test"),
         "artifact_bytes": nbytes, "reference_bytes": ref, "ratio": ref / nbytes,
         "final_epochs": epochs, "final_tail_epochs": tail_epochs, "final_steps": (epochs + tail_epochs) * per_epoch,
         "final_batch_size": f.batch_size, "final_seconds": seconds, "curve": curve,

@@ -12,9 +12,11 @@ Example:
 
 from compresstune.artifact import load, packed_size, reference_size, save
 from compresstune.compress import apply, plan_of, squash
-from compresstune.errors import ArtifactError, CompressTuneError, ConfigError, PlanError
+from compresstune.errors import ArtifactError, CompressTuneError, ConfigError, PlanError, TaskError
 from compresstune.layers import discover
 from compresstune.plan import ALLOWED_BITS, CompressionPlan, LayerPlan
+from compresstune.task import Task
+from compresstune import tasks
 
 __version__ = "0.1.0"
 
@@ -37,6 +39,8 @@ __all__ = [
     "ConfigError",
     "LayerPlan",
     "PlanError",
+    "Task",
+    "TaskError",
     "apply",
     "discover",
     "load",
@@ -45,4 +49,5 @@ __all__ = [
     "reference_size",
     "save",
     "squash",
+    "tasks",
 ]

@@ -79,7 +79,9 @@ def _run(args) -> int:
     study, front = run(config, new_study=args.new_study, progress=not args.no_progress,
                        study_file=str(Path(args.study).resolve()))
     out = Path(config.search.out).resolve()
-    print(_front_table(front))
+    from compresstune.search._records import metric_of
+
+    print(_front_table(front, metric_of(study.user_attrs)[0]))
     print(f"\nreport: {out / 'report.html'}")
     return 0
 
@@ -120,11 +122,12 @@ def _sensitivity(args) -> int:
     return 0
 
 
-def _front_table(front) -> str:
+def _front_table(front, metric: str = "accuracy") -> str:
     if front is None or len(front) == 0:
         return "no feasible Pareto-optimal trials yet"
     cols = [c for c in ("number", "val_accuracy", "test_accuracy", "size_bytes", "ratio") if c in front.columns]
-    return "Pareto front (feasible):\n" + front[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    shown = front[cols].rename(columns={"val_accuracy": f"val_{metric}", "test_accuracy": f"test_{metric}"})
+    return "Pareto front (feasible):\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 
 if __name__ == "__main__":  # pragma: no cover

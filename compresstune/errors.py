@@ -2,7 +2,7 @@
 catch ``ValueError`` and the message always names the field, the value and what
 is allowed."""
 
-__all__ = ["ArtifactError", "CompressTuneError", "ConfigError", "DataError", "PlanError", "TrainingError"]
+__all__ = ["ArtifactError", "CompressTuneError", "ConfigError", "DataError", "PlanError", "TaskError", "TrainingError"]
 
 
 class CompressTuneError(ValueError):
@@ -27,3 +27,7 @@ class DataError(CompressTuneError):
 
 class TrainingError(CompressTuneError):
     """A training or evaluation argument that is out of range."""
+
+
+class TaskError(CompressTuneError):
+    """A :class:`~compresstune.Task` that does not do what the contract asks (names the method)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,13 +12,14 @@ from torch.nn.utils import parametrize
 
 from compresstune.compress import squash
 from compresstune.ops import CompressedWeight
+from compresstune.task import Task, move, take_rows
 
 __all__ = ["bit_operations", "latency_ms"]
 
 
 @torch.inference_mode()
-def latency_ms(model: nn.Module, example: torch.Tensor, *, batch_size: int = 1, repeats: int = 30,
-               warmup: int = 5) -> float:
+def latency_ms(model: nn.Module, example: Any, *, batch_size: int = 1, repeats: int = 30,
+               warmup: int = 5, task: Task | None = None) -> float:
     """Median wall-clock milliseconds of one forward pass of ``squash(model)``.
 
     What it measures: the plain module that ``export`` would ship (dequantized
@@ -27,18 +29,27 @@ def latency_ms(model: nn.Module, example: torch.Tensor, *, batch_size: int = 1, 
     thread count. Unstructured zeros are stored as dense zeros, so sparsity does
     not speed this up; bit-widths do not either (no integer kernels). It is the
     speed of the float export, not of a specialised runtime.
+
+    With a ``task``, ``example`` is one of its batches: the model is called through
+    ``task.outputs`` on the batch's first ``batch_size`` rows (fewer when it has fewer).
     """
     plain = squash(model).eval()
     device = next(plain.parameters()).device
-    x = example[:1].repeat(batch_size, *([1] * (example.dim() - 1))).to(device)
+    if task is None:
+        x = example[:1].repeat(batch_size, *([1] * (example.dim() - 1))).to(device)
+        call = plain
+    else:
+        x = move(take_rows(example, batch_size), device)
+        def call(batch):
+            return task.outputs(plain, batch)
     for _ in range(warmup):
-        plain(x)
+        call(x)
     times = []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        plain(x)
+        call(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
@@ -62,12 +73,13 @@ def _weight_cost(module: nn.Module, param_name: str) -> tuple[float, int]:
 
 
 @torch.no_grad()
-def bit_operations(model: nn.Module, example: torch.Tensor, *, activation_bits: int = 32) -> float:
+def bit_operations(model: nn.Module, example: Any, *, activation_bits: int = 32, task: Task | None = None) -> float:
     """Bit-operations of one example: sum over layers of MACs x weight bits x activation bits.
 
     MACs count only nonzero weights (a pruned weight costs nothing) and the two
     factors of a low-rank layer; attention adds its two activation-by-activation
-    products at ``activation_bits**2``. Layers left in float count 32 bits.
+    products at ``activation_bits**2``. Layers left in float count 32 bits. With a
+    ``task``, ``example`` is one of its batches, called through ``task.outputs`` on one row.
     """
     total = 0.0
     hooks = []
@@ -104,7 +116,10 @@ def bit_operations(model: nn.Module, example: torch.Tensor, *, activation_bits: 
         was_training = model.training
         model.eval()
         with parametrize.cached():
-            model(example[:1])
+            if task is None:
+                model(example[:1])
+            else:
+                task.outputs(model, move(take_rows(example, 1), next(model.parameters()).device))
         model.train(was_training)
     finally:
         for h in hooks:

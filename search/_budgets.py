@@ -1,7 +1,8 @@
 """Every budget and constraint of a trial, and what is known before training.
 
 The constraints (positive when violated; the same names for every trial of a
-study, stored as ``constraint_names``): ``accuracy_drop``, ``max_size_bytes``,
+study, stored as ``constraint_names``): ``accuracy_drop`` (``metric_drop`` for
+a task whose metric is not accuracy), ``max_size_bytes``,
 ``min_ratio``, ``stopped``, and ``max_bops`` / ``max_latency_ms`` when the
 study sets those budgets.
 
@@ -19,7 +20,7 @@ Settings (``s``) are duck-typed: anything with the fields of
 
 Example:
     >>> from types import SimpleNamespace
-    >>> s = SimpleNamespace(max_accuracy_drop=None, max_size_bytes=1000, min_ratio=None, reference_bytes=4000)
+    >>> s = SimpleNamespace(max_drop=None, max_size_bytes=1000, min_ratio=None, reference_bytes=4000)
     >>> constraint_names(s)
     ['max_size_bytes', 'stopped']
     >>> over_budget(s, 1200)
@@ -33,27 +34,39 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Budgets", "Preflight", "budget_constraints", "constraint_names", "constraints_for", "over_budget",
-           "preflight"]
+__all__ = ["Budgets", "Preflight", "budget_constraints", "constraint_names", "constraints_for", "drop_name", "drop_of",
+           "over_budget", "preflight"]
 
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def drop_name(metric: str) -> str:
+    """The name of the metric-drop constraint: ``accuracy_drop`` for accuracy (as older
+    studies have it), ``metric_drop`` for any other metric."""
+    return "accuracy_drop" if metric == "accuracy" else "metric_drop"
+
+
+def drop_of(s, value: float) -> float:
+    """How much worse than the baseline ``value`` is, in the metric's units (negative: better)."""
+    sign = -1.0 if getattr(s, "direction", "maximize") == "minimize" else 1.0
+    return sign * (s.baseline_value - value)
+
+
 def constraint_names(s) -> list[str]:
-    """Names of the size and accuracy constraint entries, in order, then ``stopped``."""
-    names = ["accuracy_drop"] if s.max_accuracy_drop is not None else []
+    """Names of the size and metric constraint entries, in order, then ``stopped``."""
+    names = [drop_name(getattr(s, "metric", "accuracy"))] if s.max_drop is not None else []
     names += ["max_size_bytes"] if s.max_size_bytes is not None else []
     names += ["min_ratio"] if s.min_ratio is not None else []
     return names + ["stopped"]
 
 
-def constraints_for(s, val_accuracy: float, size_bytes: int, *, stopped: bool = False) -> dict[str, float]:
+def constraints_for(s, val_value: float, size_bytes: int, *, stopped: bool = False) -> dict[str, float]:
     """Named constraint values, positive when violated; the same names (:func:`constraint_names`) for every trial."""
     out = {}
-    if s.max_accuracy_drop is not None:
-        out["accuracy_drop"] = (s.baseline_val_accuracy - s.max_accuracy_drop) - val_accuracy
+    if s.max_drop is not None:
+        out[drop_name(getattr(s, "metric", "accuracy"))] = drop_of(s, val_value) - s.max_drop
     if s.max_size_bytes is not None:
         out["max_size_bytes"] = float(size_bytes - s.max_size_bytes)
     if s.min_ratio is not None:
@@ -129,11 +142,11 @@ def preflight(plan, ctx, budgets: Budgets = Budgets(), *, latency: bool = False)
     student = apply(ctx.model, plan)
     out = Preflight(size_bytes=len(to_bytes(student)), student=student)
     if budgets.max_bops is not None or ctx.settings.extra_objective == "bops":
-        out.bops = float(bit_operations(student, ctx.splits.val.x[:1], activation_bits=budgets.activation_bits))
+        out.bops = float(bit_operations(student, ctx.example, activation_bits=budgets.activation_bits, task=ctx.task))
     if budgets.max_latency_ms is not None or (latency and ctx.settings.extra_objective == "latency"):
         s = ctx.settings
-        out.latency_ms = float(latency_ms(student, ctx.splits.val.x[:1], batch_size=s.latency_batch_size,
-                                          repeats=s.latency_repeats, warmup=s.latency_warmup))
+        out.latency_ms = float(latency_ms(student, ctx.example, batch_size=s.latency_batch_size,
+                                          repeats=s.latency_repeats, warmup=s.latency_warmup, task=ctx.task))
     if budgets.max_bops is not None and out.bops > budgets.max_bops:
         out.over.append("max_bops")
     if budgets.max_latency_ms is not None and out.latency_ms > budgets.max_latency_ms:

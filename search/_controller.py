@@ -3,6 +3,7 @@ trials in-process or on Ray; only this driver process writes the storage."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import os
 import platform
@@ -21,30 +22,57 @@ import compresstune
 from compresstune.artifact import reference_size, to_bytes
 from compresstune.search.config import StudyConfig, config_diff
 from compresstune.errors import ConfigError
-from compresstune.objectives import evaluate, teacher_logits
+from compresstune.objectives import teacher_outputs
 from compresstune.spaces import Space
+from compresstune.task import Task, check_task, measure, move, take_rows
 from compresstune.search._storage import (RunLock, default_storage, driver_id, open_storage,
                                           repair_interrupted, write_pointer)
 from compresstune.search._records import SCHEMA_KEY, SCHEMA_VERSION
 from compresstune.search._seeds import before_search
-from compresstune.search._session import Session, load_data_and_model
+from compresstune.search._session import Session, load_model_and_task
 from compresstune.search._trial import TrialContext, TrialSettings, constraint_names
 
 __all__ = ["Session", "prepare", "run"]
 
-METRICS = {"accuracy": "val_accuracy", "size": "size_bytes", "latency": "latency_ms", "bops": "bops"}
+METRICS = {"size": "size_bytes", "latency": "latency_ms", "bops": "bops"}
+DEFAULT_RELATIVE_DROP = 0.05  # a metric other than accuracy with no drop limit set
 
 
-def _settings(config: StudyConfig, baseline_acc: float, reference_bytes: int) -> TrialSettings:
+def max_drop(constraints, task: Task, baseline: float) -> float | None:
+    """The largest drop of the task's metric allowed, in its units: ``max_metric_drop``, else
+    ``max_relative_drop`` of the baseline, else ``max_accuracy_drop`` for accuracy, else a
+    relative drop of 0.05 for any other metric.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> c = NS(max_metric_drop=None, max_relative_drop=0.1, max_accuracy_drop=0.02)
+        >>> round(max_drop(c, NS(metric="perplexity"), 20.0), 6)
+        2.0
+    """
+    if constraints.max_metric_drop is not None:
+        return float(constraints.max_metric_drop)
+    if constraints.max_relative_drop is not None:
+        return float(constraints.max_relative_drop) * abs(baseline)
+    if task.metric == "accuracy":
+        return None if constraints.max_accuracy_drop is None else float(constraints.max_accuracy_drop)
+    return DEFAULT_RELATIVE_DROP * abs(baseline)
+
+
+def _settings(config: StudyConfig, task: Task, baseline: float, reference_bytes: int,
+              drop: float | None) -> TrialSettings:
     f, c, lat = config.finetune, config.constraints, config.latency
     extra = next((o for o in config.objectives if o in ("latency", "bops")), None)
     return TrialSettings(
-        steps=f.steps, batch_size=f.batch_size, lr=f.lr, weight_decay=f.weight_decay, optimizer=f.optimizer,
-        eval_every=f.eval_every, eval_batch_size=f.eval_batch_size, seed=config.search.seed,
-        max_accuracy_drop=c.max_accuracy_drop, max_size_bytes=c.max_size_bytes, min_ratio=c.min_ratio,
+        steps=f.steps, lr=f.lr, weight_decay=f.weight_decay, optimizer=f.optimizer, eval_every=f.eval_every,
+        seed=config.search.seed, max_drop=drop, max_size_bytes=c.max_size_bytes, min_ratio=c.min_ratio,
         extra_objective=extra, activation_bits=config.activation_bits, latency_batch_size=lat.batch_size,
-        latency_repeats=lat.repeats, latency_warmup=lat.warmup, baseline_val_accuracy=baseline_acc,
-        reference_bytes=reference_bytes)
+        latency_repeats=lat.repeats, latency_warmup=lat.warmup, baseline_value=baseline,
+        reference_bytes=reference_bytes, metric=task.metric, direction=task.direction)
+
+
+def metric_names(config: StudyConfig, task: Task) -> list[str]:
+    """Optuna's names of the study's objectives: ``val_<metric>``, ``size_bytes``, then the third."""
+    return [f"val_{task.metric}"] + [METRICS[o] for o in _ordered_objectives(config)[1:]]
 
 
 def make_sampler(name: str, *, seed: int, trials: int) -> optuna.samplers.BaseSampler:
@@ -62,8 +90,11 @@ def make_sampler(name: str, *, seed: int, trials: int) -> optuna.samplers.BaseSa
     raise ConfigError(f"`search.sampler` must be one of tpe, nsga2, gp, random; got {name!r}.")
 
 
-def _study_attrs(config: StudyConfig, base: dict, space: Space, settings: TrialSettings, study_file) -> dict:
-    drop = config.constraints.max_accuracy_drop
+def _study_attrs(config: StudyConfig, base: dict, space: Space, settings: TrialSettings, study_file,
+                 task: Task) -> dict:
+    drop = settings.max_drop
+    sign = -1.0 if task.direction == "minimize" else 1.0
+    fallback = 1.0 if task.metric == "accuracy" else abs(base["val_accuracy"])  # no limit: a wide reference
     return {
         SCHEMA_KEY: SCHEMA_VERSION,
         "compresstune_version": compresstune.__version__,
@@ -71,7 +102,8 @@ def _study_attrs(config: StudyConfig, base: dict, space: Space, settings: TrialS
         "fingerprint": config.fingerprint(),
         "study_file": study_file,
         "baseline": base,
-        "reference_point": {"val_accuracy": base["val_accuracy"] - (drop if drop is not None else 1.0),
+        "metric": {"name": task.metric, "direction": task.direction, "task": _task_path(task)},
+        "reference_point": {"val_accuracy": base["val_accuracy"] - sign * (drop if drop is not None else fallback),
                             "log2_ratio": 0.0},
         "max_accuracy_drop": drop,
         "constraint_names": constraint_names(settings),
@@ -94,7 +126,17 @@ def _versions() -> dict:
             "ray": ray_version, "python": platform.python_version()}
 
 
-def _open_study(config: StudyConfig, storage, sampler, attrs: dict, new_study: bool, log) -> optuna.Study:
+def _task_path(task: Task) -> str | None:
+    """``module:QualName`` of the task's class when it can be imported again (``export`` re-checks
+    the metric with it); None for a class defined in ``__main__`` or inside a function."""
+    cls = type(task)
+    if cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        return None
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _open_study(config: StudyConfig, storage, sampler, attrs: dict, new_study: bool, log,
+                task: Task) -> optuna.Study:
     names = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     name = config.name
     if name in names and new_study:
@@ -107,11 +149,11 @@ def _open_study(config: StudyConfig, storage, sampler, attrs: dict, new_study: b
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         _check_same_config(study, attrs, name)
         return study
-    directions = ["maximize", "minimize"] + (["minimize"] if len(config.objectives) > 2 else [])
+    directions = [task.direction, "minimize"] + (["minimize"] if len(config.objectives) > 2 else [])
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([METRICS[o] for o in _ordered_objectives(config)])
+        study.set_metric_names(metric_names(config, task))
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     return study
@@ -133,38 +175,79 @@ def _check_same_config(study: optuna.Study, attrs: dict, name: str) -> None:
     )
 
 
+def resolve_device(name: str) -> torch.device:
+    """``resources.device``: ``auto`` is CUDA when available, else CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("`resources.device` must be 'auto' or 'cpu' here: 'cuda' was asked for and torch "
+                          f"{torch.__version__} sees no CUDA device.")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _check_early_stopping(config: StudyConfig, task: Task, sums) -> int | None:
+    """The validation examples behind the stop rule's binomial noise; ConfigError when the study
+    asks for early stopping and the task's metric is not a binomial fraction (accuracy)."""
+    if not config.early_stopping.enabled:
+        return None
+    binomial = getattr(task, "binomial", False) and sums is not None and sums.get("n")
+    if not binomial:
+        raise ConfigError(f"`early_stopping.enabled` needs a task whose metric is a fraction of examples "
+                          f"(binomial, like Classification's accuracy) to estimate its noise; {task.name}'s "
+                          f"{task.metric!r} is not. Set `early_stopping.enabled: false`.")
+    return int(sums["n"])
+
+
 def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Callable[[str], None] = print,
-            study_file: str | None = None) -> Session:
-    """Open the storage, load data and baseline, build the space, open (or create) the study and repair it.
+            study_file: str | None = None, model: torch.nn.Module | None = None,
+            task: Task | None = None) -> Session:
+    """Open the storage, load data and baseline (or take ``model`` and ``task``), check the task,
+    build the space, open (or create) the study and repair it.
 
     The storage is opened first: a missing database driver or an unreachable
-    database fails before any compute (the baseline may take minutes).
+    database fails before any compute (the baseline may take minutes). The task is
+    checked on one batch of each split before the baseline is measured.
     """
     storage_url = config.search.storage or default_storage(out)
     storage = open_storage(storage_url)
     t0 = time.perf_counter()
-    splits, model = load_data_and_model(config, out)
+    if model is None:
+        model, task = load_model_and_task(config, out)
+    check_task(task, model)
+    if config.model is None:
+        from compresstune.search._objects import save_objects
+
+        save_objects(out, model, task, log)
+    device = resolve_device(config.resources.device)
+    model = model.to(device).eval()
     space = Space.from_config(config.space, model)
-    base_val = evaluate(model, splits.val, batch_size=config.finetune.eval_batch_size)
-    base_test = evaluate(model, splits.test, batch_size=config.finetune.eval_batch_size)
+    base_val, sums = measure(task, model, "val")
+    base_test = measure(task, model, "test")[0] if task.has_split("test") else None
+    n_val = _check_early_stopping(config, task, sums)
     ref = reference_size(model)
     base = {"val_accuracy": base_val, "test_accuracy": base_test, "reference_bytes": ref,
             "packed_bytes": len(to_bytes(model))}
-    log(f"baseline: val accuracy {base_val:.4f}, test accuracy {base_test:.4f}, fp32 size {ref:,} bytes, "
-        f"{len(space.layers)} layers searched, {len(space.param_names)} parameters ({time.perf_counter() - t0:.1f} s)")
-    settings = _settings(config, base_val, ref)
+    test_text = f", test {task.metric} {base_test:.4f}" if base_test is not None else ""
+    log(f"baseline: val {task.metric} {base_val:.4f}{test_text}, fp32 size {ref:,} bytes, "
+        f"{len(space.layers)} layers searched, {len(space.param_names)} parameters, on {device} "
+        f"({time.perf_counter() - t0:.1f} s)")
+    drop = max_drop(config.constraints, task, base_val)
+    settings = _settings(config, task, base_val, ref, drop)
     sampler = make_sampler(config.search.sampler, seed=config.search.seed, trials=config.search.trials)
-    attrs = _study_attrs(config, base, space, settings, study_file)
-    study = _open_study(config, storage, sampler, attrs, new_study, log)
+    attrs = _study_attrs(config, base, space, settings, study_file, task)
+    study = _open_study(config, storage, sampler, attrs, new_study, log, task)
     write_pointer(out, storage_url, study.study_name, study_file)
     driver = driver_id(out)
     repaired = repair_interrupted(study, driver)
     if repaired:
         log(f"resuming: trials {repaired} were interrupted by a stopped driver; marked FAIL and queued again")
-    if study.user_attrs.get("baseline", base)["val_accuracy"] != base_val:
-        settings = _settings(config, study.user_attrs["baseline"]["val_accuracy"], ref)
-    soft = teacher_logits(model, splits.train, batch_size=config.finetune.eval_batch_size)
-    context = TrialContext(model=model, splits=splits, soft_targets=soft, settings=settings)
+    stored = study.user_attrs.get("baseline", base)["val_accuracy"]
+    if stored != base_val:
+        settings = _settings(config, task, stored, ref, max_drop(config.constraints, task, stored))
+    settings = dataclasses.replace(settings, n_val=n_val)
+    example = take_rows(move(next(iter(task.batches("val"))), "cpu"), max(1, config.latency.batch_size))
+    context = TrialContext(model=model, task=task, settings=settings, cached_teacher=teacher_outputs(model, task),
+                           example=example)
     session = Session(config=config, out=out, study=study, space=space, context=context, driver=driver, log=log)
     # Search-efficiency hook (search/_sensitivity.py): sensitivity scan, stored narrowing
     # (may replace session.space), seed trials for a new study.
@@ -191,27 +274,60 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(config: StudyConfig | str | os.PathLike, *, new_study: bool = False, progress: bool = True,
+def run(config: StudyConfig | str | os.PathLike | torch.nn.Module, task: Task | None = None, *,
+        name: str | None = None, space: dict | None = None, objectives: list | None = None,
+        finetune: dict | None = None, constraints: dict | None = None, activation_bits: int | None = None,
+        latency: dict | None = None, resources: dict | None = None, search: dict | None = None,
+        sensitivity: dict | None = None, early_stopping: dict | None = None, trials: int | None = None,
+        out: str | os.PathLike | None = None, sampler: str | None = None, seed: int | None = None,
+        workers: int | None = None, address: str | None = None, storage: str | None = None,
+        max_failures: int | None = None, new_study: bool = False, progress: bool = True,
         study_file: str | None = None, log: Callable[[str], None] | None = None):
-    """Run (or resume) the study described by ``config`` (a StudyConfig or a study YAML path).
+    """Run (or resume) a study: of a model and a task in memory, or described by a study file.
+
+    Two forms::
+
+        study, front = run(model, task, space={...}, finetune={...}, constraints={...},
+                           trials=40, out="runs/mine", sampler="tpe", seed=0, workers=0)
+        study, front = run("studies/digits.yaml")      # or a StudyConfig
+
+    In the first, each keyword section is the study-file section of that name
+    (validated the same way, errors naming ``section.field``) and ``trials``,
+    ``out``, ``sampler``, ``seed``, ``workers``, ``address``, ``storage`` and
+    ``max_failures`` are shortcuts into ``search``. The output folder keeps the
+    model (``model.pt``) and the task (``task.pt``) so that ``compresstune report``,
+    ``status`` and ``export`` work on it from the command line.
 
     Returns:
         ``(study, front)``: the Optuna study and its feasible Pareto front as a DataFrame.
 
     Example:
-        >>> from compresstune.search.config import load_config          # doctest: +SKIP
-        >>> study, front = run(load_config("studies/digits.yaml"))  # doctest: +SKIP
+        >>> study, front = run(model, Classification(train_loader, val_loader), trials=20)  # doctest: +SKIP
+        >>> study, front = run("studies/digits.yaml")  # doctest: +SKIP
     """
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    if not isinstance(config, StudyConfig):
+    model = None
+    if isinstance(config, torch.nn.Module) or task is not None:
+        from compresstune.search._objects import config_from_sections
+
+        model = config
+        check_task(task, model)  # a wrong type fails before any storage is touched
+        sections = {"space": space, "objectives": objectives, "finetune": finetune, "constraints": constraints,
+                    "activation_bits": activation_bits, "latency": latency, "resources": resources, "search": search,
+                    "sensitivity": sensitivity, "early_stopping": early_stopping}
+        shortcuts = {"trials": trials, "out": out, "sampler": sampler, "seed": seed, "workers": workers,
+                     "address": address, "storage": storage, "max_failures": max_failures}
+        config = config_from_sections(name, sections, shortcuts)
+    elif not isinstance(config, StudyConfig):
         from compresstune.search.config import load_config
 
         study_file = study_file or str(Path(config).resolve())
         config = load_config(config)
-    out = Path(config.search.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out), sigterm_as_interrupt():
-        session = prepare(config, out, new_study=new_study, log=log, study_file=study_file)
+    out_dir = Path(config.search.out).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(out_dir), sigterm_as_interrupt():
+        session = prepare(config, out_dir, new_study=new_study, log=log, study_file=study_file, model=model,
+                          task=task)
         try:
             _execute(session, progress)
         finally:

@@ -264,7 +264,7 @@ def session_stopping(session) -> tuple[StopRule, RungTable] | None:
     executors start from); None when ``early_stopping`` is off."""
     if not session.config.early_stopping.enabled:
         return None
-    rule = StopRule.from_config(session.config, n_val=len(session.context.splits.val))
+    rule = StopRule.from_config(session.config, n_val=session.context.settings.n_val)
     return rule, RungTable.from_trials(session.study.get_trials(deepcopy=False))
 
 

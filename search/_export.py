@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -11,9 +12,10 @@ from optuna.trial import TrialState
 
 from compresstune.artifact import load
 from compresstune.compress import squash
-from compresstune.search.config import StudyConfig, ensure_import_paths
 from compresstune.objectives import evaluate
+from compresstune.search._records import metric_of
 from compresstune.search._storage import SearchError, load_study, read_pointer
+from compresstune.search.config import StudyConfig, ensure_import_paths
 
 __all__ = ["export_trial", "status_text"]
 
@@ -30,14 +32,24 @@ def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
 
 
 def _rebuild(study: optuna.Study, out: Path):
-    """The study's data and baseline model, from the config stored in the study."""
-    from compresstune.search._controller import load_data_and_model
-
+    """``(model, task or None, why no task)``: from the study's factories (a study file), or from
+    ``model.pt`` / ``task.pt`` in the output folder (the Python route)."""
     config = StudyConfig.model_validate(study.user_attrs["config"])
+    if config.model is None:
+        from compresstune.search._objects import load_saved
+
+        return load_saved(out)
+    from compresstune.search._session import load_model_and_task
+
     study_file = study.user_attrs.get("study_file")
     if study_file:
         ensure_import_paths(study_file)
-    return load_data_and_model(config, out)
+    model, task = load_model_and_task(config, out)
+    return model, task, None
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def export_trial(out: str | Path, number: int, output: str | Path, *, squash_to: str | Path | None = None,
@@ -53,18 +65,22 @@ def export_trial(out: str | Path, number: int, output: str | Path, *, squash_to:
     if not src.exists():
         raise SearchError(f"trial {number}'s artifact {str(src)!r} is missing from the output folder.")
     shutil.copyfile(src, output)
+    metric = metric_of(study.user_attrs)[0]
     lines = [f"trial {number}: {t.user_attrs['size_bytes']:,} bytes ({t.user_attrs['ratio']:.1f}x smaller), "
-             f"val accuracy {t.user_attrs['val_accuracy']:.4f}, test accuracy {t.user_attrs['test_accuracy']:.4f}",
+             f"val {metric} {_fmt(t.user_attrs['val_accuracy'])}, test {metric} {_fmt(t.user_attrs['test_accuracy'])}",
              f"artifact: {output}"]
     if check or squash_to:
-        splits, model = _rebuild(study, out)
+        model, task, why = _rebuild(study, out)
         small = load(output, into=model).eval()
-        if check:
-            acc = evaluate(small, splits.val)
-            if abs(acc - t.user_attrs["val_accuracy"]) > 1e-6:
-                raise SearchError(f"the artifact reloads with val accuracy {acc:.6f}, but the study recorded "
-                                  f"{t.user_attrs['val_accuracy']:.6f}; it is not the model the trial measured.")
-            lines.append(f"checked: reloads and reproduces val accuracy {acc:.4f}")
+        if check and task is None:
+            lines.append(f"not checked: {why}; the artifact loads into the saved model")
+        elif check:
+            value = evaluate(small, task, "val")
+            recorded = t.user_attrs["val_accuracy"]
+            if not math.isclose(value, recorded, rel_tol=1e-5, abs_tol=1e-6):
+                raise SearchError(f"the artifact reloads with val {metric} {value:.6f}, but the study recorded "
+                                  f"{recorded:.6f}; it is not the model the trial measured.")
+            lines.append(f"checked: reloads and reproduces val {metric} {value:.4f}")
         if squash_to:
             torch.save(squash(small), squash_to)
             lines.append(f"squashed nn.Module: {squash_to} (torch.load(..., weights_only=False); no compresstune needed)")
@@ -90,7 +106,10 @@ def status_text(study: optuna.Study, out: Path) -> str:
             f", {by_state['FAIL']} failed, {by_state['RUNNING']} running, {by_state['WAITING']} queued")
     table = front(study)
     cols = [c for c in ("number", "val_accuracy", "test_accuracy", "size_bytes", "ratio") if c in table.columns]
-    body = table[cols].to_string(index=False) if len(table) else "(no feasible Pareto-optimal trial yet)"
+    metric, direction = metric_of(study.user_attrs)
+    shown = table[cols].rename(columns={"val_accuracy": f"val_{metric}", "test_accuracy": f"test_{metric}"})
+    body = shown.to_string(index=False) if len(table) else "(no feasible Pareto-optimal trial yet)"
+    head += f"\nmetric: {metric} ({'higher' if direction == 'maximize' else 'lower'} is better)"
     cmd = optuna_command(study.study_name, pointer.storage)
     return f"{head}\n\nPareto front (feasible):\n{body}\n\nSame set with Optuna's own CLI:\n  {cmd}"
 

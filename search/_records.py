@@ -7,7 +7,10 @@ Every key the search writes into a study (``study.user_attrs``) or a trial
 this table). A new study stores :data:`SCHEMA_VERSION` under
 ``record_schema``; a study without it was written by schema 1 and reads the
 same way (the keys did not change; schema 2 added ``fail_kind`` and
-``record_schema`` and stopped writing ``rungs`` at every rung).
+``record_schema`` and stopped writing ``rungs`` at every rung; schema 3 added
+the study's ``metric``: ``val_accuracy``/``test_accuracy`` and the baseline and
+reference values hold the task's metric, whatever it is, and a study without
+``metric`` is accuracy, maximised).
 
 Failure reasons are a field: ``fail_kind`` says what kind of failure it was
 (:data:`FAIL_KINDS`) and ``fail_reason`` is the text for people. Schema-1
@@ -37,9 +40,9 @@ from typing import Any, Iterable, Mapping
 from optuna.trial import TrialState
 
 __all__ = ["FAIL_KINDS", "SCHEMA_KEY", "SCHEMA_VERSION", "STUDY_KEYS", "TRIAL_KEYS", "Records", "Tally",
-           "FrontCache", "fail_kind", "is_interrupted", "keys_table", "tally"]
+           "FrontCache", "fail_kind", "is_interrupted", "keys_table", "metric_of", "tally"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_KEY = "record_schema"
 
 # -- study keys ---------------------------------------------------------------------------------
@@ -51,6 +54,7 @@ STUDY_FILE = "study_file"
 BASELINE = "baseline"
 REFERENCE_POINT = "reference_point"
 MAX_ACCURACY_DROP = "max_accuracy_drop"
+METRIC = "metric"
 CONSTRAINT_NAMES = "constraint_names"
 LAYERS = "layers"
 LAYER_SHAPES = "layer_shapes"
@@ -69,9 +73,13 @@ STUDY_KEYS: dict[str, tuple[str, str]] = {
     CONFIG: ("dict", "the validated study config (JSON)"),
     FINGERPRINT: ("str", "hash of the config fields that change results; a resume must match it"),
     STUDY_FILE: ("str | null", "path of the study YAML, when run from one"),
-    BASELINE: ("dict", "`val_accuracy`, `test_accuracy`, `reference_bytes`, `packed_bytes` of the uncompressed model"),
-    REFERENCE_POINT: ("dict", "hypervolume reference: `val_accuracy`, `log2_ratio`"),
-    MAX_ACCURACY_DROP: ("float | null", "`constraints.max_accuracy_drop`"),
+    BASELINE: ("dict", "`val_accuracy`, `test_accuracy` (the task's metric, whatever it is), `reference_bytes`, "
+                       "`packed_bytes` of the uncompressed model"),
+    REFERENCE_POINT: ("dict", "hypervolume reference: `val_accuracy` (the metric's value), `log2_ratio`"),
+    MAX_ACCURACY_DROP: ("float | null", "the largest drop of the metric allowed, in its units (for accuracy, "
+                                        "`constraints.max_accuracy_drop`)"),
+    METRIC: ("dict", "the task's metric: `name`, `direction` (maximize/minimize), `task` (import path or null); "
+                     "absent: accuracy, maximize"),
     CONSTRAINT_NAMES: ("list[str]", "names of the constraint entries, in order"),
     LAYERS: ("list[str]", "searched layers (FQNs)"),
     LAYER_SHAPES: ("dict", "layer -> [rows, cols] of its weight matrix"),
@@ -118,9 +126,11 @@ TRIAL_KEYS: dict[str, tuple[str, str]] = {
     PLAN: ("str", "the CompressionPlan as JSON"),
     SIZE_BYTES: ("int", "packed size of the artifact, in bytes"),
     RATIO: ("float", "fp32 reference bytes / size_bytes"),
-    VAL_ACCURACY: ("float", "validation accuracy (the objective): after fine-tuning, or at the stopping rung"),
-    TEST_ACCURACY: ("float | null", "test accuracy for the report; null for a trial stopped at a rung"),
-    CURVE: ("list[[step, accuracy]]", "validation accuracy at each rung of the fine-tune"),
+    VAL_ACCURACY: ("float", "the task's metric on the validation split (the objective; the key keeps its first "
+                            "name): after fine-tuning, or at the stopping rung"),
+    TEST_ACCURACY: ("float | null", "the metric on the test split, for the report; null for a trial stopped at a "
+                                    "rung or a task without a test split"),
+    CURVE: ("list[[step, metric]]", "the validation metric at each rung of the fine-tune"),
     TIMINGS: ("dict", "`apply_s`, `finetune_s`, `eval_s`, `total_s` of the trial body"),
     ARTIFACT: ("str", "the artifact's path relative to the output folder (fine-tuned trials only)"),
     REJECTED: ("str", "`budget`: over a budget known before training, scored without fine-tuning"),
@@ -150,6 +160,21 @@ does not count against ``search.max_failures``)."""
 
 # Optuna stores a constraint `name` as the system attribute "constraints:<name>".
 _CONSTRAINT_PREFIX = "constraints:"
+
+
+def metric_of(study_attrs: Mapping[str, Any]) -> tuple[str, str]:
+    """``(name, direction)`` of a study's metric; ``("accuracy", "maximize")`` for older studies.
+
+    Example:
+        >>> metric_of({"metric": {"name": "perplexity", "direction": "minimize"}})
+        ('perplexity', 'minimize')
+        >>> metric_of({})
+        ('accuracy', 'maximize')
+    """
+    m = study_attrs.get(METRIC)
+    if isinstance(m, Mapping) and m.get("name"):
+        return str(m["name"]), str(m.get("direction", "maximize"))
+    return "accuracy", "maximize"
 
 
 def keys_table() -> str:

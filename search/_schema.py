@@ -57,7 +57,9 @@ from compresstune.layers import KINDS  # noqa: E402 - every kind discovery repor
 OBJECTIVES = ("accuracy", "size", "latency", "bops")
 # The parts of a config that define what a study measures; the rest (trials,
 # out, storage, workers, address, ...) may change when a study is resumed.
-FINGERPRINT_FIELDS = ("model", "data", "space", "objectives", "finetune", "constraints", "activation_bits")
+FINGERPRINT_FIELDS = ("model", "data", "task", "space", "objectives", "finetune", "constraints", "activation_bits")
+# Fields added after studies existed: omitted from the fingerprint while unset, so those studies resume.
+_LATER_FIELDS = {"constraints": ("max_bops", "max_latency_ms", "max_metric_drop", "max_relative_drop")}
 _GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -387,7 +389,13 @@ class FinetuneConfig(_Frozen):
 class ConstraintsConfig(_Frozen):
     """Feasibility: a trial breaking any of these is told infeasible."""
 
+    # The largest drop of the task's metric from the baseline, in the metric's units
+    # (for a minimised metric, a rise). `max_accuracy_drop` is its name for accuracy;
+    # `max_relative_drop` is a fraction of the baseline's metric. For a metric other than
+    # accuracy with neither set, the default is a relative drop of 0.05.
     max_accuracy_drop: Num | None = Field(0.02, ge=0, le=1)
+    max_metric_drop: Num | None = Field(None, ge=0)
+    max_relative_drop: Num | None = Field(None, ge=0, le=1)
     max_size_bytes: Int | None = Field(None, gt=0)
     min_ratio: Num | None = Field(None, ge=1)
     # Bit-operations of one example (objectives.bit_operations); known from the plan
@@ -397,6 +405,13 @@ class ConstraintsConfig(_Frozen):
     # depends on the plan's shapes, not on the weights fine-tuning changes, so it is measured
     # before training too and an over-budget plan is scored without fine-tuning.
     max_latency_ms: Num | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_drop(self) -> "ConstraintsConfig":
+        if self.max_metric_drop is not None and self.max_relative_drop is not None:
+            raise ValueError("set at most one of max_metric_drop and max_relative_drop; got both "
+                             f"({self.max_metric_drop!r} and {self.max_relative_drop!r})")
+        return self
 
 
 class LatencyConfig(_Frozen):
@@ -408,8 +423,9 @@ class LatencyConfig(_Frozen):
 
 
 class ResourcesConfig(_Frozen):
-    """Per-trial resources (Ray)."""
+    """Where trials run: the device (``auto``: CUDA when available) and, on Ray, per-trial resources."""
 
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     cpus_per_trial: Num = Field(1, gt=0)
     gpus_per_trial: Num = Field(0, ge=0)
 
@@ -457,6 +473,7 @@ class SensitivityConfig(_Frozen):
 
     enabled: StrictBool = True
     examples: Int = Field(512, ge=1)
+    # Ignored since the scan reads the task's own validation batches; kept so that older study files load.
     batch_size: Int = Field(512, ge=1)
     sparsity: list[Num] = [0.5, 0.7, 0.8, 0.9, 0.95]
     bits: list[Int] = [2, 3, 4, 6, 8]
@@ -516,8 +533,10 @@ class StudyConfig(_Frozen):
     """
 
     name: StrictStr = "study"
-    model: FactorySpec
-    data: FactorySpec
+    # A study file names its factories; `compresstune.search.run(model, task, ...)` passes objects (all None).
+    model: FactorySpec | None = None
+    data: FactorySpec | None = None
+    task: FactorySpec | None = None
     space: SpaceConfig = SpaceConfig()
     objectives: list[Literal["accuracy", "size", "latency", "bops"]] = ["accuracy", "size"]
     finetune: FinetuneConfig = FinetuneConfig()
@@ -539,6 +558,17 @@ class StudyConfig(_Frozen):
             name = data.get("name", "study")
             data = {**data, "search": {**(search or {}), "out": f"runs/{name}"}}
         return data
+
+    @model_validator(mode="after")
+    def _factories(self) -> "StudyConfig":
+        if self.data is not None and self.task is not None:
+            raise ValueError("name either `data` (a factory of Splits) or `task` (a factory of a compresstune.Task), "
+                             "not both")
+        if self.model is not None and self.data is None and self.task is None:
+            raise ValueError("a study file with `model` must name `data` or `task` too")
+        if self.model is None and (self.data is not None or self.task is not None):
+            raise ValueError("`model` is required: a study file names the factory of the trained nn.Module")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -581,10 +611,12 @@ class StudyConfig(_Frozen):
     def fingerprint_data(self) -> dict[str, Any]:
         """The parts that define what the study measures (see :meth:`fingerprint`)."""
         data = self.model_dump(mode="json", include=set(FINGERPRINT_FIELDS))
-        for name in ("max_bops", "max_latency_ms"):
-            if data["constraints"].get(name) is None:
-                # Added later: an unset budget keeps the fingerprints of existing studies.
-                data["constraints"].pop(name, None)
+        if data.get("task") is None:
+            data.pop("task", None)
+        for section, names in _LATER_FIELDS.items():
+            for name in names:
+                if data[section].get(name) is None:
+                    data[section].pop(name, None)
         return data
 
     def fingerprint(self) -> str:

@@ -595,7 +595,7 @@ def before_search(session) -> None:
         if isinstance(stored, dict) and stored.get("key") == key:
             table = stored
         else:
-            table, cached = load_or_scan(config, session.out, session.context.model, session.context.splits.val,
+            table, cached = load_or_scan(config, session.out, session.context.model, session.context.task,
                                          session.space, baseline, log=log)
             study.set_user_attr("sensitivity", table)
             log(f"sensitivity scan: {len(table['layers'])} layers x {len(table['settings'])} settings on "

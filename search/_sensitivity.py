@@ -1,10 +1,15 @@
-"""Per-layer sensitivity scan: the accuracy drop, without fine-tuning, of
-compressing one searched layer (or group) alone at a few sparsity levels,
+"""Per-layer sensitivity scan: the drop of the task's metric, without fine-tuning,
+of compressing one searched layer (or group) alone at a few sparsity levels,
 bit-widths and rank fractions, everything else untouched.
 
 It is cheap by design: one ``apply`` and one batched evaluation under
 ``parametrize.cached()`` per cell, on a fixed validation subset (the first
-``sensitivity.examples`` examples). The result is plain JSON, cached in
+``sensitivity.examples`` validation examples; all of them for a task that
+overrides ``evaluate`` instead of giving per-batch sums).
+A drop is how much worse the metric gets: ``baseline - value`` for accuracy,
+and, for any other metric, that change for the worse as a fraction of the
+baseline (``"drop_unit": "relative"``), so that ``sensitivity.cliff`` reads the
+same for a perplexity as for an F1. The result is plain JSON, cached in
 ``OUT/sensitivity.json`` (keyed by the config fingerprint, the baseline and the
 scan settings) and stored in the study's user attrs as ``"sensitivity"``::
 
@@ -16,6 +21,7 @@ scan settings) and stored in the study's user attrs as ``"sensitivity"``::
      "knobs": [["sparsity", 0.5], ..., ["bits", 2], ..., ["rank_fraction", 0.25], ...],
      "accuracy": [[...], ...],                           # len(layers) x len(settings)
      "drop": [[...], ...],                               # baseline_accuracy - accuracy
+     "metric": "accuracy", "drop_unit": "absolute",       # absent in older tables: accuracy
      "seconds": 1.3}
 
 A cell is ``null`` where the layer cannot take that setting (an operator it
@@ -38,9 +44,8 @@ from torch import nn
 
 from compresstune.artifact import to_bytes
 from compresstune.compress import apply
-from compresstune.data import Split
-from compresstune.objectives import evaluate
 from compresstune.plan import CompressionPlan, LayerPlan
+from compresstune.task import Task, measure
 
 __all__ = ["SCHEMA_VERSION", "cache_key", "format_table", "load_or_scan", "scan", "scan_study",
            "units"]
@@ -95,26 +100,30 @@ def cache_key(fingerprint: str, baseline: dict, cfg, layers: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def scan(model: nn.Module, val: Split, space, cfg, *, key: str = "", fingerprint: str = "",
+def _drop_of(task: Task, base: float, value: float) -> float:
+    worse = (base - value) if task.direction == "maximize" else (value - base)
+    return worse if task.metric == "accuracy" else worse / max(abs(base), 1e-12)
+
+
+def scan(model: nn.Module, task: Task, space, cfg, *, key: str = "", fingerprint: str = "",
          log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measure the sensitivity table (see the module docstring for its shape).
 
     Args:
         model: the trained baseline (left untouched).
-        val: the validation split; its first ``cfg.examples`` examples are used.
+        task: the study's task; its first ``cfg.examples`` validation examples are used.
         space: the study's :class:`~compresstune.spaces.Space` (which units to scan).
         cfg: the ``sensitivity`` section of the study config.
 
     Example:
-        >>> table = scan(model, splits.val, space, config.sensitivity)  # doctest: +SKIP
+        >>> table = scan(model, task, space, config.sensitivity)  # doctest: +SKIP
         >>> table["layers"], table["settings"][:2]  # doctest: +SKIP
         (['conv1', 'conv2', 'fc1', 'fc2'], ['sparsity 0.5', 'sparsity 0.7'])
     """
     t0 = time.perf_counter()
-    n = min(int(cfg.examples), len(val))
-    subset = Split(val.x[:n], val.y[:n])
-    batch = int(cfg.batch_size)
-    base_acc = evaluate(model, subset, batch_size=batch)
+    limit = int(cfg.examples)
+    base_acc, sums = measure(task, model, "val", examples=limit)
+    n = int(sums["n"]) if sums and "n" in sums else (limit if sums is not None else None)
     found = space.discovery
     settings = _settings(cfg)
     unit_list = units(space)
@@ -130,12 +139,12 @@ def scan(model: nn.Module, val: Split, space, cfg, *, key: str = "", fingerprint
             acc = None
             if layers:
                 try:
-                    acc = evaluate(apply(model, CompressionPlan(layers)), subset, batch_size=batch)
+                    acc = measure(task, apply(model, CompressionPlan(layers)), "val", examples=limit)[0]
                 except Exception as exc:  # noqa: BLE001 - a cell that cannot be built stays empty
                     if log:
                         log(f"sensitivity: {prefix} {_label(knob, value)} skipped ({type(exc).__name__}: {exc})")
             acc_row.append(None if acc is None or not math.isfinite(acc) else float(acc))
-            drop_row.append(None if acc_row[-1] is None else float(base_acc - acc_row[-1]))
+            drop_row.append(None if acc_row[-1] is None else float(_drop_of(task, base_acc, acc_row[-1])))
         acc_rows.append(acc_row)
         drop_rows.append(drop_row)
     return {
@@ -143,6 +152,7 @@ def scan(model: nn.Module, val: Split, space, cfg, *, key: str = "", fingerprint
         "baseline_accuracy": float(base_acc), "layers": [p for p, _ in unit_list],
         "members": {p: list(m) for p, m in unit_list}, "settings": [_label(k, v) for k, v in settings],
         "knobs": [[k, v] for k, v in settings], "accuracy": acc_rows, "drop": drop_rows,
+        "metric": task.metric, "drop_unit": "absolute" if task.metric == "accuracy" else "relative",
         "seconds": round(time.perf_counter() - t0, 3),
     }
 
@@ -162,7 +172,7 @@ def _write_cache(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def load_or_scan(config, out: Path, model: nn.Module, val: Split, space, baseline: dict, *,
+def load_or_scan(config, out: Path, model: nn.Module, task: Task, space, baseline: dict, *,
                  force: bool = False, log: Callable[[str], None] | None = None) -> tuple[dict, bool]:
     """The scan from ``OUT/sensitivity.json`` when its key matches, else measured
     and cached. Returns ``(scan, from_cache)``."""
@@ -173,7 +183,7 @@ def load_or_scan(config, out: Path, model: nn.Module, val: Split, space, baselin
         cached = _read_cache(path, key)
         if cached is not None:
             return cached, True
-    data = scan(model, val, space, cfg, key=key, fingerprint=config.fingerprint(), log=log)
+    data = scan(model, task, space, cfg, key=key, fingerprint=config.fingerprint(), log=log)
     _write_cache(path, data)
     return data, False
 
@@ -190,19 +200,19 @@ def scan_study(config, *, force: bool = False, log: Callable[[str], None] = prin
         >>> table, path, cached = scan_study(load_config("studies/digits.yaml"))  # doctest: +SKIP
     """
     from compresstune.artifact import reference_size
-    from compresstune.search._session import load_data_and_model
+    from compresstune.search._session import load_model_and_task
     from compresstune.spaces import Space
 
     out = Path(config.search.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    splits, model = load_data_and_model(config, out)
+    model, task = load_model_and_task(config, out)
     space = Space.from_config(config.space, model)
-    baseline = {"val_accuracy": evaluate(model, splits.val, batch_size=config.finetune.eval_batch_size),
+    baseline = {"val_accuracy": measure(task, model, "val")[0],
                 "packed_bytes": len(to_bytes(model)), "reference_bytes": reference_size(model)}
     study = _existing_study(config, out)
     if study is not None and isinstance(study.user_attrs.get("baseline"), dict):
         baseline = study.user_attrs["baseline"]  # the key `run` computes on resume
-    table, cached = load_or_scan(config, out, model, splits.val, space, baseline, force=force, log=log)
+    table, cached = load_or_scan(config, out, model, task, space, baseline, force=force, log=log)
     if study is not None and study.user_attrs.get("sensitivity", {}).get("key") != table["key"]:
         study.set_user_attr("sensitivity", table)
         log(f"stored in study {study.study_name!r}")
@@ -235,6 +245,8 @@ def format_table(table: dict) -> str:
             for layer, drops in zip(table["layers"], table["drop"])]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]]
-    title = (f"accuracy drop without fine-tuning ({table['examples']} validation examples, "
+    metric = table.get("metric", "accuracy")
+    unit = " (relative)" if table.get("drop_unit") == "relative" else ""
+    title = (f"{metric} drop{unit} without fine-tuning ({table['examples']} validation examples, "
              f"baseline {table['baseline_accuracy']:.4f})")
     return "\n".join([title, *lines])

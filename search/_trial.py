@@ -22,6 +22,7 @@ from compresstune.artifact import to_bytes
 from compresstune.compress import apply
 from compresstune.objectives import bit_operations, evaluate, latency_ms, recover
 from compresstune.plan import CompressionPlan
+from compresstune.task import Task
 from compresstune.search._budgets import (Budgets, Preflight, budget_constraints, constraint_names, constraints_for,
                                           over_budget, preflight)
 
@@ -33,14 +34,12 @@ class TrialSettings:
     """Everything a trial needs from the study config, as plain values (pickles for Ray)."""
 
     steps: int
-    batch_size: int
     lr: float
     weight_decay: float
     optimizer: str
     eval_every: int
-    eval_batch_size: int
     seed: int
-    max_accuracy_drop: float | None
+    max_drop: float | None  # in the metric's units, a drop being a change for the worse
     max_size_bytes: int | None
     min_ratio: float | None
     extra_objective: str | None  # "latency" | "bops" | None
@@ -48,26 +47,31 @@ class TrialSettings:
     latency_batch_size: int
     latency_repeats: int
     latency_warmup: int
-    baseline_val_accuracy: float
+    baseline_value: float  # the baseline's metric on the validation split
     reference_bytes: int
+    metric: str = "accuracy"
+    direction: str = "maximize"
+    n_val: int | None = None  # validation examples behind a binomial metric (early stopping's noise)
 
 
 @dataclass
 class TrialContext:
-    """The plain baseline model, the data and the teacher's soft targets: sent to a
-    worker once, reused by every trial it runs."""
+    """The plain baseline model (also the teacher), the task and, when the training data
+    is in-memory tensors, the teacher's cached outputs: sent to a worker once, reused by
+    every trial it runs."""
 
     model: nn.Module
-    splits: Any  # compresstune.data.Splits
-    soft_targets: torch.Tensor
+    task: Task
     settings: TrialSettings
+    cached_teacher: torch.Tensor | None = None
+    example: Any = None  # one validation batch: the input of the latency and bit-operation measurements
 
 
 class StopTrial(Exception):
     """Raised by an ``on_eval`` callback to stop a trial early at a rung."""
 
     def __init__(self, step: int, accuracy: float, decision: Any = None) -> None:
-        super().__init__(f"stopped at step {step} (val accuracy {accuracy:.4f})")
+        super().__init__(f"stopped at step {step} (val metric {accuracy:.4f})")
         self.step, self.accuracy, self.decision = step, accuracy, decision
 
 
@@ -174,7 +178,7 @@ def run_trial(plan: CompressionPlan, ctx: TrialContext, *,
 
 
 def _run(plan: CompressionPlan, ctx: TrialContext, on_eval, applied=None) -> TrialOutcome:
-    s, splits = ctx.settings, ctx.splits
+    s, task = ctx.settings, ctx.task
     timings = {}
     t0 = time.perf_counter()
     if applied is None:
@@ -195,27 +199,24 @@ def _run(plan: CompressionPlan, ctx: TrialContext, on_eval, applied=None) -> Tri
     t1 = time.perf_counter()
     try:
         result = None if rejected else recover(
-            student, splits.train, splits.val, soft_targets=ctx.soft_targets, temperature=plan.temperature,
-            alpha=plan.alpha, steps=s.steps, batch_size=s.batch_size, lr=s.lr, weight_decay=s.weight_decay,
-            optimizer=s.optimizer, eval_every=s.eval_every, eval_batch_size=s.eval_batch_size, seed=s.seed,
-            on_eval=on_rung)
+            student, ctx.model, task, temperature=plan.temperature, alpha=plan.alpha, steps=s.steps, lr=s.lr,
+            weight_decay=s.weight_decay, optimizer=s.optimizer, eval_every=s.eval_every, seed=s.seed,
+            cached_teacher=ctx.cached_teacher, on_eval=on_rung)
     except StopTrial as stop:
         timings["finetune_s"] = time.perf_counter() - t1
         timings["eval_s"] = 0.0
         timings["total_s"] = time.perf_counter() - t0
-        extra = _extra_objective(student, splits, s) if s.extra_objective is not None else None
+        extra = _extra_objective(student, ctx) if s.extra_objective is not None else None
         return stopped_outcome(s, plan_json=plan.to_json(), size_bytes=size, step=stop.step, accuracy=stop.accuracy,
                                curve=rungs, extra_value=extra, decision=stop.decision, timings=timings)
     timings["finetune_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    val_acc = evaluate(student, splits.val, batch_size=s.eval_batch_size)
-    test_acc = evaluate(student, splits.test, batch_size=s.eval_batch_size)
+    val_acc = evaluate(student, task, "val")
+    test_acc = evaluate(student, task, "test") if task.has_split("test") else None
     timings["eval_s"] = time.perf_counter() - t2
-    if not math.isfinite(val_acc):
-        raise ValueError(f"validation accuracy is {val_acc}")
     values = [val_acc, float(size)]
     if s.extra_objective is not None:
-        values.append(_extra_objective(student, splits, s))
+        values.append(_extra_objective(student, ctx))
     attrs: dict[str, Any] = {"plan": plan.to_json(), "size_bytes": size, "ratio": s.reference_bytes / size,
                              "val_accuracy": val_acc, "test_accuracy": test_acc,
                              "curve": result.curve if result else []}
@@ -274,9 +275,9 @@ def run_checked(plan, ctx: TrialContext, *, budgets: Budgets = Budgets(),
     return outcome
 
 
-def _extra_objective(student: nn.Module, splits, s: TrialSettings) -> float:
-    example = splits.val.x[:1]
+def _extra_objective(student: nn.Module, ctx: TrialContext) -> float:
+    s = ctx.settings
     if s.extra_objective == "latency":
-        return latency_ms(student, example, batch_size=s.latency_batch_size, repeats=s.latency_repeats,
-                          warmup=s.latency_warmup)
-    return bit_operations(student, example, activation_bits=s.activation_bits)
+        return latency_ms(student, ctx.example, batch_size=s.latency_batch_size, repeats=s.latency_repeats,
+                          warmup=s.latency_warmup, task=ctx.task)
+    return bit_operations(student, ctx.example, activation_bits=s.activation_bits, task=ctx.task)

@@ -116,6 +116,9 @@ def load_config(path: str | os.PathLike, *, check_imports: bool = True, **overri
             raise ConfigError(f"`search` must be a mapping in {path}; got {search!r}.")
         raw["search"] = {**search, **changes}
     cfg = StudyConfig.from_dict(raw, source=str(path))
+    if cfg.model is None:
+        raise ConfigError(f"invalid study config in {path}: `model` is required: a study file names the factory of "
+                          "the trained model, e.g. `model: {factory: \"pkg.module:baseline\"}` (and `data` or `task`).")
     if check_imports:
         ensure_import_paths(path)
         check_factories(cfg)
@@ -140,15 +143,17 @@ def _read_yaml(path: Path) -> dict:
 
 
 def check_factories(cfg: StudyConfig) -> None:
-    """Import the model and data factories and check they accept their kwargs.
+    """Import the model and data (or task) factories and check they accept their kwargs.
 
     Raises:
         ConfigError: a missing module or attribute, something not callable, or
             kwargs the function does not take.
     """
-    reserved = {"model": ("data", "cache_dir"), "data": ("cache_dir",)}
-    for section in ("model", "data"):
-        spec: FactorySpec = getattr(cfg, section)
+    reserved = {"model": ("data", "task", "cache_dir"), "data": ("cache_dir",), "task": ("cache_dir",)}
+    for section in ("model", "data", "task"):
+        spec: FactorySpec | None = getattr(cfg, section)
+        if spec is None:
+            continue
         fn = spec.resolve()
         if not callable(fn):
             raise ConfigError(f"`{section}.factory` {spec.factory!r} is a {type(fn).__name__}, not a callable.")
@@ -156,8 +161,6 @@ def check_factories(cfg: StudyConfig) -> None:
         if clash:
             raise ConfigError(f"`{section}.kwargs` must not set {clash}: compresstune passes them.")
         probe = dict(spec.kwargs)
-        if section == "model":
-            probe["data"] = None
         probe.update({k: None for k in reserved[section] if k not in probe and accepts(fn, k)})
         try:
             inspect.signature(fn).bind(**probe)

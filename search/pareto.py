@@ -394,7 +394,15 @@ def study_hypervolume(study: Any) -> float:
     ref_acc, ref_ratio = _ref_pair(reference_point(study))
     df = _core_frame(study)
     ok = _eligible(df)
-    return hypervolume_2d(df.loc[ok, "val_accuracy"], df.loc[ok, "log2_ratio"], ref_acc, ref_ratio)
+    sign = _metric_sign(study)
+    return hypervolume_2d(sign * df.loc[ok, "val_accuracy"], df.loc[ok, "log2_ratio"], sign * ref_acc, ref_ratio)
+
+
+def _metric_sign(study: Any) -> float:
+    """+1 for a maximised metric (accuracy), -1 for a minimised one (perplexity, MSE): the
+    hypervolume is taken on the metric oriented so that higher is better."""
+    directions = list(getattr(study, "directions", []) or [])
+    return -1.0 if directions and _direction_sign(directions[0], 0) < 0 else 1.0
 
 
 def front(study: Any, *, objectives: Sequence[str] | None = None) -> pd.DataFrame:
@@ -440,7 +448,8 @@ def front(study: Any, *, objectives: Sequence[str] | None = None) -> pd.DataFram
     return out.reset_index(drop=True)
 
 
-def hypervolume_series(trials_df: pd.DataFrame, ref: Any, *, by: str = "number") -> pd.DataFrame:
+def hypervolume_series(trials_df: pd.DataFrame, ref: Any, *, by: str = "number",
+                       direction: str = "maximize") -> pd.DataFrame:
     """Hypervolume as the study progresses, by trial number or by completion time.
 
     Row ``k`` holds the hypervolume of the eligible trials (COMPLETE, feasible,
@@ -455,6 +464,7 @@ def hypervolume_series(trials_df: pd.DataFrame, ref: Any, *, by: str = "number")
         ref: ``{"val_accuracy": a, "log2_ratio": r}`` or a pair ``(a, r)``.
         by: ``"number"`` (one row per trial, in number order) or ``"time"``
             (one row per finished trial, in completion order).
+        direction: the metric's direction (``"minimize"`` for a perplexity or an MSE).
 
     Returns:
         DataFrame with columns ``number``, ``hypervolume``, ``elapsed_s``
@@ -473,14 +483,18 @@ def hypervolume_series(trials_df: pd.DataFrame, ref: Any, *, by: str = "number")
     """
     if by not in ("number", "time"):
         raise ValueError(f"`by` must be 'number' or 'time'; got {by!r}.")
+    if direction not in ("maximize", "minimize"):
+        raise ValueError(f"`direction` must be 'maximize' or 'minimize'; got {direction!r}.")
+    sign = 1.0 if direction == "maximize" else -1.0
     ref_acc, ref_ratio = _ref_pair(ref)
+    ref_acc *= sign
     df = _series_input(trials_df)
     if by == "time":
         df = df[df["datetime_complete"].notna()].sort_values(["datetime_complete", "number"], kind="stable")
     else:
         df = df.sort_values("number", kind="stable")
     ok = _eligible(df).to_numpy()
-    acc = df["val_accuracy"].to_numpy(dtype=float)
+    acc = sign * df["val_accuracy"].to_numpy(dtype=float)
     lr = df["log2_ratio"].to_numpy(dtype=float)
     volumes, current = [], 0.0
     for k in range(len(df)):

@@ -28,8 +28,10 @@ This package is the only part of compresstune that imports ``ray``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import shutil
 import uuid
+from dataclasses import replace
 
 import ray
 from ray import tune
@@ -70,7 +72,7 @@ def run_ray(session: Session, *, progress: bool = True) -> None:
         searcher = StudySearcher(session, scheduler=scheduler, loop=loop)
         # The gate waits for as many worker processes as trials can run at once: no more than remain.
         gate = _Gate.remote(max(1, min(concurrency, loop.target - loop.complete)))
-        shared = (_SharedContext(session.context), res.cpus_per_trial, (gate, uuid.uuid4().hex),
+        shared = (_SharedContext(_on_cpu(session.context)), res.cpus_per_trial, (gate, uuid.uuid4().hex),
                   Budgets.from_config(session.config), scheduler is not None)
         fn = tune.with_resources(tune.with_parameters(trainable, shared=shared),
                                  {"cpu": res.cpus_per_trial, "gpu": res.gpus_per_trial})
@@ -104,3 +106,8 @@ def run_ray(session: Session, *, progress: bool = True) -> None:
                               "run the same command to resume.")
 
 
+def _on_cpu(ctx):
+    """The context as it is shipped: workers move the model to the device Ray gives them."""
+    if all(p.device.type == "cpu" for p in ctx.model.parameters()):
+        return ctx
+    return replace(ctx, model=copy.deepcopy(ctx.model).cpu())

@@ -49,9 +49,12 @@ def _installed(top: str) -> bool:
 
 def study_modules(session: Session) -> list:
     """The top-level modules a worker needs that are not installed: those of the
-    model and data factories and of every module class in the baseline model."""
-    names = {spec.partition(":")[0] for spec in (session.config.model.factory, session.config.data.factory)}
+    model, data and task factories, of the task's class and of every module class
+    in the baseline model."""
+    c = session.config
+    names = {spec.factory.partition(":")[0] for spec in (c.model, c.data, c.task) if spec is not None}
     names |= {type(m).__module__ for m in session.context.model.modules()}
+    names |= {cls.__module__ for cls in type(session.context.task).__mro__}
     shipped = []
     for top in sorted({n.split(".")[0] for n in names if n and n != "__main__"}):
         if top == "compresstune" or _installed(top):

@@ -3,7 +3,7 @@ scheduler (part of the Ray executor, the only package that imports ``ray``).
 
 Driver::
 
-    rule = StopRule.from_config(config, n_val=len(splits.val))
+    rule = StopRule.from_config(config, n_val=settings.n_val)
     sched = ParetoStopScheduler(rule=rule, table=RungTable.from_trials(study.get_trials(deepcopy=False)),
                                 key_of=lambda trial: <the Optuna trial number of this Tune trial>)
     tune.Tuner(trainable, tune_config=tune.TuneConfig(scheduler=sched, ...))

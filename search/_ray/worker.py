@@ -28,10 +28,10 @@ import ray
 import torch
 from ray import tune
 
-from compresstune.data import Split
 from compresstune.plan import CompressionPlan
 from compresstune.search._budgets import Budgets, preflight
 from compresstune.search._early_stop import rung_result
+from compresstune.task import device_of
 from compresstune.search._trial import TrialContext, TrialOutcome, failed_from, run_checked, run_trial, worker_info
 
 __all__ = ["GATE_TIMEOUT_S", "execute", "trainable"]
@@ -73,16 +73,11 @@ class _SharedContext:
 
 
 def _to_device(ctx: TrialContext, device: torch.device) -> TrialContext:
-    """The context with the baseline model, the data and the soft targets on ``device``."""
-    if device.type == "cpu":
+    """The context with the baseline model on ``device`` (the fine-tune moves each batch, and
+    each cached teacher output, to the model's device)."""
+    if device_of(ctx.model) == device:
         return ctx
-
-    def move(split: Split) -> Split:
-        return Split(split.x.to(device), split.y.to(device))
-
-    splits = replace(ctx.splits, train=move(ctx.splits.train), val=move(ctx.splits.val), test=move(ctx.splits.test))
-    return replace(ctx, model=copy.deepcopy(ctx.model).to(device), splits=splits,
-                   soft_targets=ctx.soft_targets.to(device))
+    return replace(ctx, model=copy.deepcopy(ctx.model).to(device))
 
 
 def _gpu_ids() -> list:

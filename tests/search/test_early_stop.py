@@ -16,11 +16,13 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from torch import nn
 
-from compresstune.data import Split, Splits
+from compresstune.data import Split
+from compresstune.objectives import teacher_outputs
 from compresstune.plan import CompressionPlan, LayerPlan
 from compresstune.search._budgets import Budgets
 from compresstune.search._early_stop import RungTable, StopRule, TrialHooks, margin
 from compresstune.search._trial import StopTrial, TrialContext, TrialSettings, run_checked, stopped_outcome
+from compresstune.tasks import Classification
 
 N = 400
 RULE = StopRule(n_val=N, final_step=150, margin_se=2.0)
@@ -199,14 +201,13 @@ def _tiny_context(steps: int = 12, extra: str | None = None) -> TrialContext:
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2)).eval()
     split = Split(x, y)
     settings = TrialSettings(
-        steps=steps, batch_size=16, lr=1e-2, weight_decay=0.0, optimizer="adam", eval_every=4, eval_batch_size=64,
-        seed=0, max_accuracy_drop=0.5, max_size_bytes=None, min_ratio=None, extra_objective=extra,
-        activation_bits=32, latency_batch_size=1, latency_repeats=1, latency_warmup=0, baseline_val_accuracy=0.9,
+        steps=steps, lr=1e-2, weight_decay=0.0, optimizer="adam", eval_every=4,
+        seed=0, max_drop=0.5, max_size_bytes=None, min_ratio=None, extra_objective=extra,
+        activation_bits=32, latency_batch_size=1, latency_repeats=1, latency_warmup=0, baseline_value=0.9,
         reference_bytes=4 * (8 * 16 + 16 + 16 * 2 + 2))
-    with torch.no_grad():
-        soft = model(x)
-    return TrialContext(model=model, splits=Splits(split, split, split, 2, "tiny"), soft_targets=soft,
-                        settings=settings)
+    task = Classification(split, split, split, batch_size=16, eval_batch_size=64)
+    return TrialContext(model=model, task=task, settings=settings, cached_teacher=teacher_outputs(model, task),
+                        example=x[:1])
 
 
 PLAN = CompressionPlan({"0": LayerPlan(sparsity=0.5, bits=8)}, temperature=2.0, alpha=0.5)

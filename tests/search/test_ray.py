@@ -31,7 +31,8 @@ pytest.importorskip("ray.tune", reason="the Ray executor needs ray[tune]")
 
 from compresstune.search.config import StudyConfig  # noqa: E402
 from studies.datasets import load_digits  # noqa: E402
-from compresstune.objectives import teacher_logits  # noqa: E402
+from compresstune.objectives import teacher_outputs  # noqa: E402
+from compresstune.tasks import Classification  # noqa: E402
 from compresstune.plan import CompressionPlan  # noqa: E402
 from compresstune.search import _ray  # noqa: E402
 import compresstune.search._ray.cluster  # noqa: E402,F401 - _ray.cluster, _ray.worker below
@@ -75,8 +76,9 @@ def make_session(tmp_path: Path, *, trials: int = 3, max_failures: int = 2, addr
                    "address": address}})
     space = Space.from_config(config.space, model)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    context = TrialContext(model=model, splits=splits, soft_targets=teacher_logits(model, splits.train),
-                           settings=_settings(config, 0.5, 64 * 10 * 4 + 40))
+    task = Classification.from_splits(splits, batch_size=32)
+    context = TrialContext(model=model, task=task, settings=_settings(config, task, 0.5, 64 * 10 * 4 + 40, None),
+                           cached_teacher=teacher_outputs(model, task), example=splits.val.x[:1])
     return Session(config=config, out=tmp_path, study=study, space=space, context=context, driver="test:driver",
                    log=lambda msg: None)
 
@@ -144,7 +146,7 @@ def test_the_context_is_unpickled_once_per_worker_process(tmp_path):
     first, second = (pickle.loads(pickle.dumps(shared, protocol=5)) for _ in range(2))
     cpu = torch.device("cpu")
     assert first.get(cpu) is second.get(cpu)  # one deserialisation for every trial of a reused actor
-    assert torch.equal(first.get(cpu).soft_targets, session.context.soft_targets)
+    assert torch.equal(first.get(cpu).cached_teacher, session.context.cached_teacher)
     other = pickle.loads(pickle.dumps(_ray._SharedContext(session.context)))  # protocol 4: bytes in band
     assert other.get(cpu) is not first.get(cpu)
 
@@ -235,7 +237,7 @@ def test_a_trial_the_scheduler_stops_is_recorded_complete_from_its_rungs(tmp_pat
     from compresstune.search._ray.scheduler import ParetoStopScheduler
 
     session = make_session(tmp_path, trials=3)
-    scheduler = ParetoStopScheduler(rule=StopRule(n_val=len(session.context.splits.val), final_step=4),
+    scheduler = ParetoStopScheduler(rule=StopRule(n_val=len(load_digits().val), final_step=4),
                                     key_of=_ray.optuna_number)
     searcher = _ray.StudySearcher(session, scheduler=scheduler)
     a, b = searcher.suggest("a"), searcher.suggest("b")

@@ -112,7 +112,7 @@ def test_a_bad_storage_url_fails_before_the_baseline_is_trained(tmp_path, monkey
     from compresstune.search import _controller
 
     trained = []
-    monkeypatch.setattr(_controller, "load_data_and_model", lambda *a, **k: trained.append(1))
+    monkeypatch.setattr(_controller, "load_model_and_task", lambda *a, **k: trained.append(1))
     for url, words in (("postgresql+nosuchdriver://u:p@localhost/db", "cannot open storage"),
                        (f"sqlite:///{tmp_path / 'no' / 'such' / 'folder' / 'study.db'}", "cannot open storage"),
                        (f"journal:{tmp_path / 'missing' / 'study.journal'}", "no folder")):

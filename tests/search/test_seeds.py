@@ -19,6 +19,7 @@ from compresstune.search.config import StudyConfig, load_config
 from compresstune.layers import discover
 from compresstune.plan import CompressionPlan, LayerPlan
 from compresstune.search._seeds import estimate_bytes, narrowed_space, narrowing, plan_seeds
+from compresstune.tasks import Classification
 from compresstune.search._sensitivity import scan
 from compresstune.spaces import Space
 
@@ -34,7 +35,7 @@ def digits(tmp_path_factory):
     cfg = StudyConfig.from_dict({"model": {"factory": "studies.digits:baseline"},
                                  "data": {"factory": "studies.digits:data"}})
     space = Space.from_config(cfg.space, model)
-    return splits, model, space, scan(model, splits.val, space, cfg.sensitivity)
+    return splits, model, space, scan(model, Classification.from_splits(splits), space, cfg.sensitivity)
 
 
 @pytest.mark.parametrize("shape", [(64, 512), (100, 300), (200, 400)])

@@ -13,6 +13,7 @@ import torch
 from compresstune.search.config import StudyConfig
 from compresstune.errors import ConfigError
 from compresstune.spaces import Space
+from compresstune.tasks import Classification
 from compresstune.search._sensitivity import CACHE_FILE, format_table, load_or_scan, scan, units
 
 LAYERS = ["conv1", "conv2", "fc1", "fc2"]
@@ -39,7 +40,7 @@ def test_scan_has_the_documented_shape_and_leaves_the_model_alone(digits) -> Non
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = _config(sensitivity={"examples": 200, "sparsity": [0.5, 0.9], "bits": [2, 4], "rank_fraction": [0.25, 0.75]})
     space = Space.from_config(cfg.space, model)
-    table = scan(model, splits.val, space, cfg.sensitivity, key="k", fingerprint="f")
+    table = scan(model, Classification.from_splits(splits), space, cfg.sensitivity, key="k", fingerprint="f")
     assert table["layers"] == LAYERS and table["members"] == {n: [n] for n in LAYERS}
     assert table["settings"] == ["sparsity 0.5", "sparsity 0.9", "bits 2", "bits 4", "rank 0.25", "rank 0.75"]
     assert table["knobs"][0] == ["sparsity", 0.5] and table["knobs"][-1] == ["rank_fraction", 0.75]
@@ -65,7 +66,7 @@ def test_a_group_is_scanned_as_one_unit(digits) -> None:
                   sensitivity={"examples": 100, "sparsity": [0.9], "bits": [2], "rank_fraction": [0.5]})
     space = Space.from_config(cfg.space, model)
     assert [p for p, _ in units(space)] == ["convs", "fc1", "fc2"]
-    table = scan(model, splits.val, space, cfg.sensitivity)
+    table = scan(model, Classification.from_splits(splits), space, cfg.sensitivity)
     assert table["layers"] == ["convs", "fc1", "fc2"] and table["members"]["convs"] == ["conv1", "conv2"]
 
 
@@ -74,19 +75,19 @@ def test_the_scan_is_cached_by_key(digits, tmp_path: Path) -> None:
     cfg = _config(tmp_path, sensitivity={"examples": 60, "sparsity": [0.9], "bits": [2], "rank_fraction": [0.5]})
     space = Space.from_config(cfg.space, model)
     base = {"val_accuracy": 0.97, "packed_bytes": 1, "reference_bytes": 2}
-    first, cached = load_or_scan(cfg, tmp_path, model, splits.val, space, base)
+    first, cached = load_or_scan(cfg, tmp_path, model, Classification.from_splits(splits), space, base)
     assert not cached and json.loads((tmp_path / CACHE_FILE).read_text()) == first
-    again, cached = load_or_scan(cfg, tmp_path, model, splits.val, space, base)
+    again, cached = load_or_scan(cfg, tmp_path, model, Classification.from_splits(splits), space, base)
     assert cached and again == first
     # Another baseline or other levels: another key, scanned again.
-    other, cached = load_or_scan(cfg, tmp_path, model, splits.val, space, {**base, "val_accuracy": 0.5})
+    other, cached = load_or_scan(cfg, tmp_path, model, Classification.from_splits(splits), space, {**base, "val_accuracy": 0.5})
     assert not cached and other["key"] != first["key"]
     wider = _config(tmp_path, sensitivity={"examples": 60, "sparsity": [0.5, 0.9], "bits": [2], "rank_fraction": [0.5]})
-    table, cached = load_or_scan(wider, tmp_path, model, splits.val, space, base)
+    table, cached = load_or_scan(wider, tmp_path, model, Classification.from_splits(splits), space, base)
     assert not cached and len(table["settings"]) == 4
     (tmp_path / CACHE_FILE).write_text("{not json")
-    assert load_or_scan(cfg, tmp_path, model, splits.val, space, base)[1] is False
-    assert load_or_scan(cfg, tmp_path, model, splits.val, space, base, force=True)[1] is False
+    assert load_or_scan(cfg, tmp_path, model, Classification.from_splits(splits), space, base)[1] is False
+    assert load_or_scan(cfg, tmp_path, model, Classification.from_splits(splits), space, base, force=True)[1] is False
 
 
 def test_format_table_shows_dashes_for_empty_cells() -> None:
