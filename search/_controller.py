@@ -210,6 +210,7 @@ def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Cal
     """
     storage_url = config.search.storage or default_storage(out)
     storage = open_storage(storage_url)
+    device = resolve_device(config.resources.device)
     t0 = time.perf_counter()
     if model is None:
         model, task = load_model_and_task(config, out)
@@ -218,7 +219,6 @@ def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Cal
         from compresstune.search._objects import save_objects
 
         save_objects(out, model, task, log)
-    device = resolve_device(config.resources.device)
     model = model.to(device).eval()
     space = Space.from_config(config.space, model)
     base_val, sums = measure(task, model, "val")

@@ -36,7 +36,7 @@ def config_from_sections(name: str | None, sections: dict[str, Any], shortcuts: 
         >>> config_from_sections("mine", {"finetune": {"steps": 50}}, {"trials": 8}).search.trials
         8
     """
-    data: dict[str, Any] = {"name": name or "study"}
+    data: dict[str, Any] = {"name": name or _name_of(shortcuts.get("out"))}
     for key, value in sections.items():
         if value is not None:
             data[key] = value
@@ -45,6 +45,14 @@ def config_from_sections(name: str | None, sections: dict[str, Any], shortcuts: 
     if search:
         data["search"] = search
     return StudyConfig.from_dict(data, source="compresstune.search.run(...)")
+
+
+def _name_of(out: Any) -> str:
+    """The study's default name: its output folder's name when that is a valid study name."""
+    import re
+
+    name = Path(str(out)).name if out else ""
+    return name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) else "study"
 
 
 def save_objects(out: Path, model: torch.nn.Module, task: Any, log: Callable[[str], None]) -> None:

@@ -402,7 +402,7 @@ def _metric_sign(study: Any) -> float:
     """+1 for a maximised metric (accuracy), -1 for a minimised one (perplexity, MSE): the
     hypervolume is taken on the metric oriented so that higher is better."""
     directions = list(getattr(study, "directions", []) or [])
-    return -1.0 if directions and _direction_sign(directions[0], 0) < 0 else 1.0
+    return -1.0 if directions and _direction_sign(directions[0], 0) > 0 else 1.0
 
 
 def front(study: Any, *, objectives: Sequence[str] | None = None) -> pd.DataFrame:

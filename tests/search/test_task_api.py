@@ -98,3 +98,30 @@ def test_bad_input_fails_before_any_compute(task_and_model, tmp_path):
     with pytest.raises(ConfigError, match=r"early_stopping.enabled.*binomial"):
         ct.search.run(model, task, early_stopping={"enabled": True}, out=str(tmp_path / "d"), log=lambda m: None)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_study_file_names_a_task_factory(tmp_path):
+    study = tmp_path / "nll.yaml"
+    study.write_text(f"""
+model: {{factory: "tests._tasks:digits_mlp", kwargs: {{steps: 60}}}}
+task: {{factory: "tests._tasks:DigitsNLL", kwargs: {{batch_size: 64}}}}
+space: {{bits: [4, 8], rank_fraction: null}}
+finetune: {{steps: 6, eval_every: 3}}
+constraints: {{max_relative_drop: 0.5}}
+sensitivity: {{enabled: false}}
+search: {{trials: 2, sampler: random, out: "{tmp_path / 'out'}"}}
+""")
+    printed = cli("run", str(study), "--no-progress")
+    assert "val_nll" in printed and "test_nll" in printed, printed
+    study = ct.search.load_study(tmp_path / "out")
+    assert study.user_attrs["metric"]["name"] == "nll" and not (tmp_path / "out" / "model.pt").exists()
+
+
+def test_a_cuda_device_without_cuda_is_refused_before_the_baseline(task_and_model, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    task, model = task_and_model
+    with pytest.raises(ConfigError, match=r"`resources.device` must be 'auto' or 'cpu' here: 'cuda' was asked for"):
+        ct.search.run(model, task, resources={"device": "cuda"}, out=str(tmp_path / "gpu"), log=lambda m: None)
