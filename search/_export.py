@@ -82,9 +82,24 @@ def export_trial(out: str | Path, number: int, output: str | Path, *, squash_to:
                                   f"{recorded:.6f}; it is not the model the trial measured.")
             lines.append(f"checked: reloads and reproduces val {metric} {value:.4f}")
         if squash_to:
-            torch.save(squash(small), squash_to)
-            lines.append(f"squashed nn.Module: {squash_to} (torch.load(..., weights_only=False); no compresstune needed)")
+            lines.append(_save_squashed(squash(small), squash_to))
     return "\n".join(lines)
+
+
+def _save_squashed(plain: torch.nn.Module, path) -> str:
+    """``torch.save`` the squashed module; a model whose class was defined in the script that ran
+    the study (kept by value in ``model.pt``) is saved with cloudpickle instead."""
+    import pickle
+
+    try:
+        torch.save(plain, path)
+        return f"squashed nn.Module: {path} (torch.load(..., weights_only=False); no compresstune needed)"
+    except (pickle.PicklingError, AttributeError):
+        from ray import cloudpickle
+
+        torch.save(plain, path, pickle_module=cloudpickle)
+        return (f"squashed nn.Module: {path} (its class came from the script that ran the study, so it was saved "
+                "with cloudpickle: torch.load(..., weights_only=False) needs cloudpickle installed, not compresstune)")
 
 
 def status_text(study: optuna.Study, out: Path) -> str:

@@ -3,9 +3,11 @@
 ``compresstune.search.run(model, task, space={...}, trials=40, out=...)`` builds its
 config from keyword sections, validated exactly as a study file is, and keeps in
 the output folder what the command line needs later: the uncompressed model
-(``model.pt``, saved with ``torch.save``) and the task (``task.pt``, pickled when it
-can be: a task defined in ``__main__`` or holding a lambda cannot, and ``export``
-then says it cannot re-check the metric).
+(``model.pt``, saved with ``torch.save``) and the task (``task.pt``), both with
+cloudpickle, so that classes defined in the user's own script (``__main__``) are
+kept by value and load in another process; a task that still does not pickle
+(an open file, a generator) is not kept, and ``export`` says it cannot re-check
+the metric.
 """
 
 from __future__ import annotations
@@ -57,9 +59,11 @@ def _name_of(out: Any) -> str:
 
 def save_objects(out: Path, model: torch.nn.Module, task: Any, log: Callable[[str], None]) -> None:
     """Write ``model.pt`` and, when the task pickles, ``task.pt`` into the output folder."""
-    torch.save(model, out / MODEL_FILE)
+    from ray import cloudpickle
+
+    torch.save(model, out / MODEL_FILE, pickle_module=cloudpickle)
     try:
-        blob = pickle.dumps(task)
+        blob = cloudpickle.dumps(task)
     except Exception as exc:  # noqa: BLE001 - a task that does not pickle only loses export's check
         (out / TASK_FILE).unlink(missing_ok=True)
         log(f"the task could not be saved ({type(exc).__name__}: {exc}); `compresstune export` will not "
@@ -74,7 +78,10 @@ def load_saved(out: Path) -> tuple[torch.nn.Module, Any | None, str | None]:
     if not path.exists():
         raise ConfigError(f"{str(out)!r} holds no {MODEL_FILE}: the study was run from Python and its model was "
                           "not saved; run it again with this compresstune version.")
-    model = torch.load(path, weights_only=False, map_location="cpu")
+    try:
+        model = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - say which file and why, not a bare unpickling error
+        raise ConfigError(f"cannot load the study's model from {str(path)!r}: {type(exc).__name__}: {exc}") from exc
     task_path = out / TASK_FILE
     if not task_path.exists():
         return model, None, "the task was not saved (it could not be pickled)"

@@ -29,3 +29,24 @@ def test_example_runs_and_prints_a_front(script, extra, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "baseline val" in proc.stdout and "size_bytes" in proc.stdout
     assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "model.pt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_classes_of_the_users_script_reach_ray_workers_and_the_cli(tmp_path):
+    """custom_task.py defines its task in ``__main__``: Ray workers get it by value, and
+    ``export`` (another process) reloads model.pt and task.pt and re-checks the metric."""
+    from compresstune.search import load_study
+
+    out = tmp_path / "out"
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "custom_task.py"), "--trials", "2", "--workers", "2",
+                           "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    done = [t for t in load_study(out).trials if "artifact" in t.user_attrs]
+    assert done and all(t.user_attrs["worker"]["node_id"] for t in done)  # they ran on Ray
+    exported = subprocess.run([sys.executable, "-m", "compresstune.cli", "export", str(out), "--trial",
+                               str(done[0].number), "--output", str(tmp_path / "s.ctz"), "--squash", str(tmp_path / "s.pt")],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert "checked: reloads and reproduces val nll" in exported.stdout and (tmp_path / "s.pt").exists()

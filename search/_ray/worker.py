@@ -26,7 +26,7 @@ from typing import Any
 
 import ray
 import torch
-from ray import tune
+from ray import cloudpickle, tune
 
 from compresstune.plan import CompressionPlan
 from compresstune.search._budgets import Budgets, preflight
@@ -57,7 +57,8 @@ class _SharedContext:
         self._payload = payload
 
     def __reduce_ex__(self, protocol):
-        blob = pickle.dumps(self._value, protocol=5) if self._payload is None else bytes(self._payload)
+        # cloudpickle: a model or task class defined in the user's script (``__main__``) travels by value.
+        blob = cloudpickle.dumps(self._value, protocol=5) if self._payload is None else bytes(self._payload)
         # Ray pickles with protocol 5: the buffer travels out of band (zero-copy from the object store).
         return (_context_from, (self.key, pickle.PickleBuffer(blob) if protocol >= 5 else blob))
 
