@@ -13,7 +13,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import pandas as pd
 
 from compresstune.search import pareto as _pareto
-from compresstune.search._records import Records
+from compresstune.search._records import Records, metric_of
 
 
 KNOBS = ("sparsity", "bits", "rank_fraction")
@@ -30,7 +30,9 @@ def trials_frame(study: Any) -> pd.DataFrame:
 
     Columns: ``number``, ``state``, ``values_<metric>`` (one per objective),
     ``params_<name>`` (one per trial parameter), ``size_bytes``, ``ratio``,
-    ``log2_ratio``, ``val_accuracy``, ``test_accuracy``, ``feasible``,
+    ``log2_ratio``, ``val_accuracy``, ``test_accuracy`` (the study's metric,
+    whatever it is; :func:`csv_frame` names them ``val_<metric>`` and
+    ``test_<metric>`` for a metric other than accuracy), ``feasible``,
     ``violated`` (names of the positive constraints), ``rejected`` (the reason,
     e.g. ``"budget"``, or empty), ``stopped_at_rung``, ``seed_trial``,
     ``fail_reason``, ``apply_s``, ``finetune_s``, ``eval_s``, ``total_s``,
@@ -66,6 +68,20 @@ def trials_frame(study: Any) -> pd.DataFrame:
          "datetime_start", "datetime_complete", "category", "pareto", "plan"]
     )  # fmt: skip
     return df[order].sort_values("number", kind="stable").reset_index(drop=True)
+
+
+def csv_frame(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """``frame`` as ``trials.csv`` and ``pareto.csv`` hold it: the ``val_accuracy`` and
+    ``test_accuracy`` columns are named ``val_<metric>`` and ``test_<metric>`` for a metric
+    other than accuracy (unchanged for accuracy).
+
+    Example:
+        >>> list(csv_frame(pd.DataFrame({"val_accuracy": [9.5], "test_accuracy": [9.7]}), "perplexity"))
+        ['val_perplexity', 'test_perplexity']
+    """
+    if metric == "accuracy":
+        return frame
+    return frame.rename(columns={"val_accuracy": f"val_{metric}", "test_accuracy": f"test_{metric}"})
 
 
 def _param_row(trial: Any) -> dict[str, Any]:
@@ -124,7 +140,7 @@ class ReportData(NamedTuple):
         directions: ``"maximize"``/``"minimize"`` per objective.
         trials: :func:`trials_frame`.
         front: the Pareto trials (all objectives), sorted by size; same columns.
-        front_2d: the (val accuracy, size) front; equals ``front`` with two objectives.
+        front_2d: the (val metric, size) front; equals ``front`` with two objectives.
         hypervolume: :func:`compresstune.search.pareto.study_hypervolume` (NaN
             without a reference point).
         hypervolume_by_trial: ``hypervolume_series(..., by="number")``.
@@ -149,10 +165,15 @@ class ReportData(NamedTuple):
         started_at: ISO start time, or None.
         timing: wall_s, trials_total_s, trial_mean_s, trial_median_s and the
             mean of each phase.
-        sensitivity: the sensitivity scan's accuracy drops without fine-tuning
+        sensitivity: the sensitivity scan's drops of the metric without fine-tuning
             (rows = layers, columns = settings such as ``"bits 4"``), or None when
             the study has no scan; ``.attrs`` holds ``examples`` and
-            ``baseline_accuracy``.
+            ``baseline_accuracy`` (the metric's value on the scan's examples), and
+            ``metric`` and ``drop_unit`` (``"absolute"``/``"relative"``) when the
+            scan stored them.
+        metric: the study's metric, e.g. ``"accuracy"`` or ``"perplexity"``; the
+            ``val_accuracy``/``test_accuracy`` columns and keys hold its values.
+        direction: the metric's direction, ``"maximize"`` or ``"minimize"``.
     """
 
     study_name: str
@@ -180,6 +201,8 @@ class ReportData(NamedTuple):
     started_at: str | None
     timing: dict[str, float]
     sensitivity: pd.DataFrame | None = None
+    metric: str = "accuracy"
+    direction: str = "maximize"
 
 
 def report_data(study: Any, *, study_dir: str | Path | None = None) -> ReportData:
@@ -204,8 +227,9 @@ def report_data(study: Any, *, study_dir: str | Path | None = None) -> ReportDat
     front = trials[trials["pareto"]].sort_values(["size_bytes", "number"], kind="stable")
     front = front.reset_index(drop=True)
     front_2d = _front_2d(trials, metrics, study, front)
+    metric, direction = _metric(study, attrs)
     ref = _reference(study)
-    hv, by_trial, by_time, hv_front = _hypervolumes(trials, ref)
+    hv, by_trial, by_time, hv_front = _hypervolumes(trials, ref, direction)
     layers = _layer_order(attrs.get("layers"), front["plan"])
     directory = str(study_dir) if study_dir is not None else _study_dir(study)
     importances, note = _importances(study, trials, metrics)
@@ -235,7 +259,20 @@ def report_data(study: Any, *, study_dir: str | Path | None = None) -> ReportDat
         started_at=_str_or_none(attrs.get("started_at")),
         timing=_timing(trials),
         sensitivity=_sensitivity(attrs.get("sensitivity")),
+        metric=metric,
+        direction=direction,
     )
+
+
+def _metric(study: Any, attrs: Mapping[str, Any]) -> tuple[str, str]:
+    """The study's metric and its direction: the name from the ``metric`` attr
+    (accuracy when absent), the direction of the first objective (as
+    :func:`compresstune.search.pareto.study_hypervolume` takes it)."""
+    name, direction = metric_of(attrs)
+    directions = list(getattr(study, "directions", None) or [])
+    if directions:
+        direction = _direction_name(directions[0])
+    return name, "minimize" if direction == "minimize" else "maximize"
 
 
 def _sensitivity(scan: Any) -> pd.DataFrame | None:
@@ -247,6 +284,7 @@ def _sensitivity(scan: Any) -> pd.DataFrame | None:
     except (ValueError, TypeError):
         return None
     frame.attrs.update(examples=scan.get("examples"), baseline_accuracy=scan.get("baseline_accuracy"))
+    frame.attrs.update({k: scan[k] for k in ("metric", "drop_unit") if scan.get(k)})  # absent in older tables
     return frame
 
 
@@ -261,7 +299,7 @@ def _str_or_none(value: Any) -> str | None:
 def _front_2d(trials: pd.DataFrame, metrics: list[str], study: Any, front: pd.DataFrame) -> pd.DataFrame:
     if len(metrics) <= 2:
         return front
-    wanted = [m for m in ("val_accuracy", "size_bytes") if m in metrics]
+    wanted = [m for m in (metrics[0], "size_bytes") if m in metrics]
     directions = [study.directions[metrics.index(m)] for m in wanted]
     mask = _pareto._front_mask(trials, wanted, directions)
     out = trials[mask].sort_values(["size_bytes", "number"], kind="stable")
@@ -278,21 +316,25 @@ def _reference(study: Any) -> dict[str, float] | None:
     return ref
 
 
-def _hypervolumes(trials: pd.DataFrame, ref: dict[str, float] | None):
+def _hypervolumes(trials: pd.DataFrame, ref: dict[str, float] | None, direction: str = "maximize"):
+    """Hypervolume, its series and the points bounding its region, on the metric
+    oriented so that higher is better (negated when it is minimised)."""
     empty = pd.DataFrame({"number": pd.Series(dtype=int), "hypervolume": pd.Series(dtype=float),
                           "elapsed_s": pd.Series(dtype=float)})  # fmt: skip
     hv_front = pd.DataFrame(columns=["number", "size_bytes", "val_accuracy"])
     if ref is None:
         return math.nan, empty, empty, hv_front
-    by_trial = _pareto.hypervolume_series(trials, ref, by="number")
-    by_time = _pareto.hypervolume_series(trials, ref, by="time")
+    by_trial = _pareto.hypervolume_series(trials, ref, by="number", direction=direction)
+    by_time = _pareto.hypervolume_series(trials, ref, by="time", direction=direction)
+    sign = -1.0 if direction == "minimize" else 1.0
     eligible = trials[_pareto._eligible(trials)]
     hv = _pareto.hypervolume_2d(
-        eligible["val_accuracy"], eligible["log2_ratio"], ref["val_accuracy"], ref["log2_ratio"]
+        sign * eligible["val_accuracy"], eligible["log2_ratio"], sign * ref["val_accuracy"], ref["log2_ratio"]
     )
-    above = (eligible["val_accuracy"] > ref["val_accuracy"]) & (eligible["log2_ratio"] > ref["log2_ratio"])
+    better = sign * (eligible["val_accuracy"] - ref["val_accuracy"]) > 0
+    above = better & (eligible["log2_ratio"] > ref["log2_ratio"])
     pts = eligible.loc[above, ["number", "size_bytes", "val_accuracy"]]
-    mask = _pareto.pareto_mask(pts[["val_accuracy", "size_bytes"]].to_numpy(float), ["maximize", "minimize"])
+    mask = _pareto.pareto_mask(pts[["val_accuracy", "size_bytes"]].to_numpy(float), [direction, "minimize"])
     hv_front = pts[mask].sort_values(["size_bytes", "number"]).reset_index(drop=True)
     return hv, by_trial, by_time, hv_front
 

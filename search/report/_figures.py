@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 
 from compresstune.search.report._data import ReportData
-from compresstune.search.report._format import (_acc_is_fraction, _esc, _finite, _fmt_acc, _fmt_bytes, _fmt_int,
-                                                _fmt_num, _fmt_ratio, _fmt_seconds, _fmt_time, _hover,
-                                                _metric_label)
+from compresstune.search.report._format import (_acc_is_fraction, _better, _esc, _finite, _fmt_acc, _fmt_bytes,
+                                                _fmt_int, _fmt_num, _fmt_ratio, _fmt_seconds, _fmt_time, _fmt_val,
+                                                _hover, _is_accuracy, _metric_label, _metric_words, _minimize,
+                                                _val_short, _val_title)
 
 
 KNOBS = ("sparsity", "bits", "rank_fraction")
@@ -64,7 +65,7 @@ def _front_title(data: ReportData) -> str:
                        ("pruned", "pruned"), ("failed", "failed"), ("running", "running")):  # fmt: skip
         if c[key]:
             bits.append(f"{c[key]} {label}")
-    return f"Validation accuracy vs model size — {c['trials']} trials: " + " · ".join(bits)
+    return f"Validation {_metric_words(data)} vs model size — {c['trials']} trials: " + " · ".join(bits)
 
 
 def _front_section(go, data: ReportData) -> str:
@@ -72,16 +73,19 @@ def _front_section(go, data: ReportData) -> str:
     if len(data.metric_names) > 2:
         parts.append(_fig_html(_fig_3d(go, data), "fig-front-3d"))
         parts.append(_fig_html(_fig_projections(go, data), "fig-projections"))
+    words, low = _esc(_metric_words(data)), _minimize(data)
     note = (
         "Bold blue: the feasible Pareto front, fully fine-tuned trials only; faint: dominated, infeasible, "
-        "rejected and early-stopped trials. The shaded area is the hypervolume region above the reference "
-        "point (baseline accuracy − maximum drop, uncompressed size). Hover a point for its per-layer plan "
-        "(<code>s</code> sparsity, <code>b</code> bits, <code>r</code> rank)."
+        f"rejected and early-stopped trials. The shaded area is the hypervolume region {'below' if low else 'above'} "
+        f"the reference point (baseline {words} {'+' if low else '−'} maximum drop, uncompressed size). "
+        "Hover a point for its per-layer plan (<code>s</code> sparsity, <code>b</code> bits, <code>r</code> rank)."
     )
     view = _accuracy_view(data, _plottable(data.trials, "size_bytes", "val_accuracy"))
-    hidden = 0 if view is None else int((pd.to_numeric(data.trials["val_accuracy"], errors="coerce") < view[0]).sum())
+    values = pd.to_numeric(data.trials["val_accuracy"], errors="coerce")
+    hidden = 0 if view is None else int((values > view[1]).sum() if low else (values < view[0]).sum())
     if hidden:
-        note += f" {hidden} trial(s) with low accuracy lie below the initial view; double-click the plot to see all."
+        note += (f" {hidden} trial(s) with {'high' if low else 'low'} {words} lie {'above' if low else 'below'} "
+                 "the initial view; double-click the plot to see all.")
     return f'<p class="note">{note}</p>' + "".join(f'<div class="plot">{p}</div>' for p in parts)
 
 
@@ -103,7 +107,7 @@ def _fig_front(go, data: ReportData) -> Any:
     sizes = [*trials["size_bytes"], *_reference_sizes(data)]
     ticks = _size_ticks(min(sizes), max(sizes)) if sizes else {}
     fig.update_xaxes(type="log", title_text="Model size (log scale)", **ticks)
-    fig.update_yaxes(title_text="Validation accuracy", tickformat=".1%" if pct else None,
+    fig.update_yaxes(title_text=_val_title(data), tickformat=".1%" if pct else None,
                      range=_accuracy_view(data, trials))  # fmt: skip
     fig.update_layout(legend=dict(traceorder="reversed"))
     return fig
@@ -130,16 +134,18 @@ def _accuracy_view(data: ReportData, trials: pd.DataFrame) -> list[float] | None
     Rejected plans are scored without fine-tuning and can sit far below the rest;
     they stay in the data (double-click the plot to see everything).
     """
+    sign = -1.0 if _minimize(data) else 1.0  # the view is worked out with higher = better
     focus = list(data.front["val_accuracy"])
     focus += [v.get("val_accuracy") for v in (data.reference_point, data.baseline) if v]
-    focus = [float(v) for v in focus if _finite(v)]
-    every = [float(v) for v in trials["val_accuracy"] if _finite(v)] + focus
+    focus = [sign * float(v) for v in focus if _finite(v)]
+    every = [sign * float(v) for v in trials["val_accuracy"] if _finite(v)] + focus
     if not focus or not every:
         return None
     lo, hi = min(focus), max(every)
     span = max(hi - lo, 1e-3)
     lo = max(min(every), lo - 0.6 * span)
-    return [lo - 0.06 * span, hi + 0.06 * span]
+    view = [lo - 0.06 * span, hi + 0.06 * span]
+    return view if sign > 0 else [-view[1], -view[0]]
 
 
 def _add_front_trace(go, fig: Any, data: ReportData) -> None:
@@ -149,7 +155,7 @@ def _add_front_trace(go, fig: Any, data: ReportData) -> None:
         step = _plottable(data.front_2d, "size_bytes", "val_accuracy")
         fig.add_trace(go.Scatter(
             x=step["size_bytes"], y=step["val_accuracy"], mode="lines", line=dict(color=_BLUE, width=1.5, dash="dash",
-            shape="hv"), name="Accuracy/size front", uid="pareto-front-2d", hoverinfo="skip",
+            shape="hv"), name=f"{_metric_words(data).capitalize()}/size front", uid="pareto-front-2d", hoverinfo="skip",
         ))  # fmt: skip
     fig.add_trace(go.Scatter(
         x=front["size_bytes"], y=front["val_accuracy"], mode="markers" if three else "lines+markers",
@@ -185,24 +191,26 @@ def _add_reference_and_baseline(go, fig: Any, data: ReportData, trials: pd.DataF
         accs = pd.concat([trials["val_accuracy"], pd.Series([ref["val_accuracy"]])]).astype(float)
         if base is not None and _finite(base.get("val_accuracy")):
             accs = pd.concat([accs, pd.Series([base["val_accuracy"]])])
-        x_lo, y_hi = sizes.min() / 1.6, accs.max() + 0.02 * max(accs.max() - accs.min(), 1e-3)
+        pad = 0.02 * max(accs.max() - accs.min(), 1e-3)
+        # The bound runs from the reference towards better values: up, or down for a minimised metric.
+        x_lo, y_end = sizes.min() / 1.6, accs.min() - pad if _minimize(data) else accs.max() + pad
         fig.add_trace(go.Scatter(
-            x=[x_lo, ref["size_bytes"], ref["size_bytes"]], y=[ref["val_accuracy"]] * 2 + [y_hi], mode="lines",
+            x=[x_lo, ref["size_bytes"], ref["size_bytes"]], y=[ref["val_accuracy"]] * 2 + [y_end], mode="lines",
             line=dict(color="#57606a", width=1, dash="dot"), hoverinfo="skip", showlegend=False, uid="hv-bounds",
         ))  # fmt: skip
         fig.add_trace(go.Scatter(
             x=[ref["size_bytes"]], y=[ref["val_accuracy"]], mode="markers", uid="hv-reference",
             name="Hypervolume reference", marker=dict(symbol="x-thin", size=14, line=dict(color="#24292f", width=2)),
-            hovertemplate=(f"<b>Hypervolume reference</b><br>val {_fmt_acc(ref['val_accuracy'])}"
-                           " (baseline − max drop)"
+            hovertemplate=(f"<b>Hypervolume reference</b><br>val {_fmt_val(data, ref['val_accuracy'])}"
+                           f" (baseline {'+' if _minimize(data) else '−'} max drop)"
                            f"<br>size {_fmt_int(ref['size_bytes'])} B (×1)<extra></extra>"),
         ))  # fmt: skip
     if base is not None and _finite(base.get("val_accuracy")) and _finite(base.get("reference_bytes")):
         fig.add_trace(go.Scatter(
             x=[base["reference_bytes"]], y=[base["val_accuracy"]], mode="markers", uid="baseline",
             name="Baseline (uncompressed)", marker=dict(symbol="star", size=16, color="#24292f"),
-            hovertemplate=(f"<b>Baseline</b><br>val {_fmt_acc(base['val_accuracy'])} · test "
-                           f"{_fmt_acc(base['test_accuracy'])}<br>fp32 {_fmt_int(base['reference_bytes'])} B"
+            hovertemplate=(f"<b>Baseline</b><br>val {_fmt_val(data, base['val_accuracy'])} · test "
+                           f"{_fmt_val(data, base['test_accuracy'])}<br>fp32 {_fmt_int(base['reference_bytes'])} B"
                            f" · packed {_fmt_int(base['packed_bytes'])} B<extra></extra>"),
         ))  # fmt: skip
 
@@ -228,7 +236,7 @@ def _fig_3d(go, data: ReportData) -> Any:
         margin=dict(l=10, r=10, t=50, b=10),
         scene=dict(
             xaxis=dict(type="log", title="Size", **ticks), yaxis=dict(title=_metric_label(third)),
-            zaxis=dict(title="Val accuracy", tickformat=".1%" if _acc_is_fraction(data) else None),
+            zaxis=dict(title=_val_short(data), tickformat=".1%" if _acc_is_fraction(data) else None),
             aspectmode="cube", camera=dict(eye=dict(x=1.6, y=-1.6, z=0.9)),
         ),
     )  # fmt: skip
@@ -241,8 +249,10 @@ def _fig_projections(go, data: ReportData) -> Any:
     third = f"values_{data.metric_names[2]}"
     label = _metric_label(data.metric_names[2])
     pairs = [("size_bytes", "val_accuracy"), ("size_bytes", third), (third, "val_accuracy")]
+    val, pct = _val_short(data), _is_accuracy(data)
     fig = make_subplots(rows=1, cols=3, horizontal_spacing=0.08,
-                        subplot_titles=[f"{_axis_label(y, label)} vs {_axis_label(x, label)}" for x, y in pairs])
+                        subplot_titles=[f"{_axis_label(y, label, val)} vs {_axis_label(x, label, val)}"
+                                        for x, y in pairs])
     trials = _plottable(data.trials, "size_bytes", "val_accuracy", third)
     front, others = trials[trials["pareto"]], trials[~trials["pareto"]]
     for i, (x, y) in enumerate(pairs, start=1):
@@ -253,22 +263,23 @@ def _fig_projections(go, data: ReportData) -> Any:
                 marker=marker, legendgroup=name, showlegend=i == 1, text=[_hover(r, data) for _, r in sub.iterrows()],
                 hovertemplate="%{text}<extra></extra>",
             ), row=1, col=i)  # fmt: skip
-        fig.update_xaxes(title_text=_axis_label(x, label), row=1, col=i, **_axis_style(trials, x))
-        fig.update_yaxes(title_text=_axis_label(y, label), row=1, col=i, **_axis_style(trials, y))
+        fig.update_xaxes(title_text=_axis_label(x, label, val), row=1, col=i, **_axis_style(trials, x, pct))
+        fig.update_yaxes(title_text=_axis_label(y, label, val), row=1, col=i, **_axis_style(trials, y, pct))
     fig.update_layout(**_layout(go, title=dict(text="Pairwise projections"), height=420))
     return fig
 
 
-def _axis_style(trials: pd.DataFrame, col: str) -> dict[str, Any]:
+def _axis_style(trials: pd.DataFrame, col: str, percent: bool = True) -> dict[str, Any]:
+    """``percent``: the metric is accuracy, shown as a percentage when every value is in [0, 1]."""
     if col == "size_bytes":
         return {"type": "log", **_size_ticks(trials[col].min(), trials[col].max())} if len(trials) else {"type": "log"}
-    if col == "val_accuracy" and (trials[col].abs() <= 1).all():
+    if col == "val_accuracy" and percent and (trials[col].abs() <= 1).all():
         return {"tickformat": ".0%"}
     return {}
 
 
-def _axis_label(col: str, third_label: str) -> str:
-    return {"size_bytes": "Size (bytes)", "val_accuracy": "Val accuracy"}.get(col, third_label)
+def _axis_label(col: str, third_label: str, metric_label: str = "Val accuracy") -> str:
+    return {"size_bytes": "Size (bytes)", "val_accuracy": metric_label}.get(col, third_label)
 
 
 def _hypervolume_section(go, data: ReportData) -> str:
@@ -277,8 +288,9 @@ def _hypervolume_section(go, data: ReportData) -> str:
         return '<p class="note">The study stores no <code>reference_point</code>; hypervolume is not defined.</p>'
     from plotly.subplots import make_subplots
 
-    title = (f"Hypervolume {_fmt_num(data.hypervolume)} — reference point: val accuracy "
-             f"{_fmt_acc(ref['val_accuracy'])}, ratio ×{2 ** ref['log2_ratio']:.3g} ({_fmt_bytes(ref['size_bytes'])})")
+    title = (f"Hypervolume {_fmt_num(data.hypervolume)} — reference point: val {_esc(_metric_words(data))} "
+             f"{_fmt_val(data, ref['val_accuracy'])}, ratio ×{2 ** ref['log2_ratio']:.3g} "
+             f"({_fmt_bytes(ref['size_bytes'])})")
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                         subplot_titles=["by trial number", "by wall-clock time"])  # fmt: skip
     by_trial, by_time = data.hypervolume_by_trial, data.hypervolume_by_time
@@ -294,12 +306,18 @@ def _hypervolume_section(go, data: ReportData) -> str:
     ), row=1, col=2)  # fmt: skip
     fig.update_xaxes(title_text="Trial number", row=1, col=1)
     fig.update_xaxes(title_text=f"Elapsed ({unit})", row=1, col=2)
-    fig.update_yaxes(title_text="Hypervolume (acc × log2 ratio)", rangemode="tozero", row=1, col=1)
+    unit = "acc" if _is_accuracy(data) else _esc(_metric_words(data))
+    fig.update_yaxes(title_text=f"Hypervolume ({unit} × log2 ratio)", rangemode="tozero", row=1, col=1)
     fig.update_yaxes(rangemode="tozero", row=1, col=2)
     fig.update_layout(**_layout(go, title=dict(text=title, font=dict(size=15)), height=420, showlegend=False,
                               margin=dict(l=70, r=30, t=100, b=60)))  # fmt: skip
-    note = ("Area dominated by feasible, fully fine-tuned trials on validation accuracy × log2(compression ratio), "
-            "above the reference point stored in the study when it was created.")
+    if _is_accuracy(data):
+        axis = "validation accuracy"
+    else:
+        axis = (f"validation {_esc(_metric_words(data))} ({_better(data)}"
+                + ("; measured downwards from the reference" if _minimize(data) else "") + ")")
+    note = (f"Area dominated by feasible, fully fine-tuned trials on {axis} × log2(compression ratio), "
+            f"{'beyond' if _minimize(data) else 'above'} the reference point stored in the study when it was created.")
     return f'<p class="note">{note}</p><div class="plot">{_fig_html(fig, "fig-hypervolume")}</div>'
 
 
@@ -321,7 +339,8 @@ def _heatmap_section(go, data: ReportData) -> str:
     if not len(data.front) or not data.layers:
         return '<p class="note">No Pareto trials yet.</p>'
     labels = [
-        f"#{int(r.number)} · {_fmt_bytes(r.size_bytes)} · {_fmt_acc(r.val_accuracy)}" for r in data.front.itertuples()
+        f"#{int(r.number)} · {_fmt_bytes(r.size_bytes)} · {_fmt_val(data, r.val_accuracy)}"
+        for r in data.front.itertuples()
     ]
     figs = [_fig_heatmap(go, data.heatmaps[k], k, labels) for k in KNOBS]
     note = ("Rows: Pareto trials from smallest to largest; columns: layers in model order. "
@@ -360,21 +379,32 @@ def _sensitivity_section(go, data: ReportData) -> str:
     if scan is None:
         return ('<p class="note">No sensitivity scan in this study (<code>sensitivity.enabled: false</code>); '
                 '<code>compresstune sensitivity STUDY</code> measures one.</p>')
+    metric = str(scan.attrs.get("metric") or getattr(data, "metric", "accuracy"))
+    relative = scan.attrs.get("drop_unit") == "relative"
+    words = _esc(metric.replace("_", " "))
     values = scan.to_numpy(dtype=float)
     text = [["–" if not np.isfinite(v) else f"{v:+.3f}" for v in row] for row in values]
     top = float(np.nanmax(np.abs(values))) if np.isfinite(values).any() else 1.0
     fig = go.Figure(go.Heatmap(
         z=values, x=list(scan.columns), y=list(scan.index), text=text, texttemplate="%{text}", colorscale="Reds",
-        zmin=0.0, zmax=max(top, 1e-6), xgap=2, ygap=2, uid="heatmap-sensitivity", colorbar=dict(title="drop"),
-        hovertemplate="%{y} at %{x}: accuracy drop %{text}<extra></extra>",
+        zmin=0.0, zmax=max(top, 1e-6), xgap=2, ygap=2, uid="heatmap-sensitivity",
+        colorbar=dict(title="relative drop" if relative else "drop"),
+        hovertemplate=f"%{{y}} at %{{x}}: {words} drop{' (relative)' if relative else ''} %{{text}}<extra></extra>",
     ))  # fmt: skip
     height = max(260, 130 + 30 * len(scan.index))
     fig.update_layout(**_layout(go, height=min(height, 1400), margin=dict(l=160, r=30, t=30, b=80)))
     fig.update_yaxes(autorange="reversed", automargin=True)
     fig.update_xaxes(side="bottom", tickangle=-30, automargin=True)
     examples, base = scan.attrs.get("examples"), scan.attrs.get("baseline_accuracy")
-    note = (f"Validation accuracy lost by compressing one layer alone, without fine-tuning, on {_esc(examples)} "
-            f"validation examples (baseline {_fmt_acc(base)} on them); everything else untouched. The seed trials "
+    if metric == "accuracy" and not relative:
+        lost, base_text = "Validation accuracy lost", _fmt_acc(base)
+    else:
+        low = metric == getattr(data, "metric", "accuracy") and _minimize(data)
+        how = f" ({_better(data)}, so a drop is a rise)" if low else ""
+        unit = ", as a fraction of the baseline," if relative else ""
+        lost, base_text = f"How much worse validation {words} gets{how}{unit}", _fmt_num(base)
+    note = (f"{lost} by compressing one layer alone, without fine-tuning, on {_esc(examples)} "
+            f"validation examples (baseline {base_text} on them); everything else untouched. The seed trials "
             "spend compression where these drops are small. A dash: the layer cannot take that setting.")
     return f'<p class="note">{note}</p><div class="plot">{_fig_html(fig, "fig-sensitivity")}</div>'
 
@@ -423,20 +453,26 @@ def _header_html(data: ReportData) -> str:
     summary = f"{c['complete']} complete · {c['failed']} failed · {stopped} pruned/stopped"
     kpis = [_kpi("Trials", str(c["trials"]), summary)]
     kpis.append(_kpi("Pareto trials", str(c["front"]), f"{c['infeasible']} infeasible · {c['rejected']} rejected"))
+    low = _minimize(data)
     if len(front):
-        within = front if ref is None else front[front["val_accuracy"] >= ref["val_accuracy"]]
+        acc = front["val_accuracy"].astype(float)
+        within = front if ref is None else front[acc <= ref["val_accuracy"] if low else acc >= ref["val_accuracy"]]
         if len(within):
             best = within.loc[within["ratio"].astype(float).idxmax()]
             kpis.append(_kpi("Best compression", _fmt_ratio(best["ratio"]),
                              f"#{int(best['number'])} · {_fmt_bytes(best['size_bytes'])} · "
-                             f"{_fmt_acc(best['val_accuracy'])}"))  # fmt: skip
-        top = front.loc[front["val_accuracy"].astype(float).idxmax()]
-        kpis.append(_kpi("Best accuracy", _fmt_acc(top["val_accuracy"]),
-                         f"#{int(top['number'])} · {_fmt_bytes(top['size_bytes'])} · {_fmt_ratio(top['ratio'])}"))
+                             f"{_fmt_val(data, best['val_accuracy'])}"))  # fmt: skip
+        if acc.notna().any():
+            top = front.loc[acc.idxmin() if low else acc.idxmax()]
+            label = "Best accuracy" if _is_accuracy(data) else f"Best {_metric_words(data)} ({_better(data)})"
+            kpis.append(_kpi(label, _fmt_val(data, top["val_accuracy"]),
+                             f"#{int(top['number'])} · {_fmt_bytes(top['size_bytes'])} · {_fmt_ratio(top['ratio'])}"))
     kpis.append(_kpi("Hypervolume", _fmt_num(data.hypervolume),
-                     "" if ref is None else f"ref. {_fmt_acc(ref['val_accuracy'])} at ×{2 ** ref['log2_ratio']:.3g}"))
+                     "" if ref is None else
+                     f"ref. {_fmt_val(data, ref['val_accuracy'])} at ×{2 ** ref['log2_ratio']:.3g}"))
     if base is not None:
-        kpis.append(_kpi("Baseline", _fmt_acc(base["val_accuracy"]), f"{_fmt_bytes(base['reference_bytes'])} fp32"))
+        kpis.append(_kpi("Baseline", _fmt_val(data, base["val_accuracy"]),
+                         f"{_fmt_bytes(base['reference_bytes'])} fp32"))
     meta = " · ".join(_esc(x) for x in (data.started_at and f"started {_fmt_time(data.started_at)}", data.machine,
                                          f"wall time {_fmt_seconds(data.timing['wall_s'])}") if x)  # fmt: skip
     return (f'<header><h1>compresstune report <span class="study">{_esc(data.study_name)}</span></h1>'
@@ -449,8 +485,13 @@ def _table_html(data: ReportData) -> str:
         return '<p class="note">No feasible, fully fine-tuned trial yet.</p>'
     base_acc = (data.baseline or {}).get("val_accuracy", math.nan)
     extra = data.metric_names[2:]
-    head = [("Trial", "num"), ("Size (B)", "num"), ("Ratio", "num"), ("Val acc", "num"), ("Test acc", "num"),
-            ("Δ val vs baseline", "num"), *[(_metric_label(m), "num") for m in extra], ("KD T", "num"),
+    if _is_accuracy(data):
+        val_h, test_h, delta_h = "Val acc", "Test acc", "Δ val vs baseline"
+    else:
+        words = _metric_words(data)
+        val_h, test_h, delta_h = f"Val {words}", f"Test {words}", f"Δ val vs baseline ({_better(data)})"
+    head = [("Trial", "num"), ("Size (B)", "num"), ("Ratio", "num"), (val_h, "num"), (test_h, "num"),
+            (delta_h, "num"), *[(_metric_label(m), "num") for m in extra], ("KD T", "num"),
             ("KD α", "num"), ("Trial time", "num"), ("Export", "str")]  # fmt: skip
     rows = []
     for r in front.itertuples():
@@ -460,8 +501,8 @@ def _table_html(data: ReportData) -> str:
         seed = ' <span class="tag">seed</span>' if r.seed_trial else ""
         cells = [
             (n, f"#{n}{seed}"), (r.size_bytes, _fmt_int(r.size_bytes)), (r.ratio, _fmt_ratio(r.ratio)),
-            (r.val_accuracy, _fmt_acc(r.val_accuracy)), (r.test_accuracy, _fmt_acc(r.test_accuracy)),
-            (delta, f"{delta * 100:+.2f} pp" if _finite(delta) else "—"),
+            (r.val_accuracy, _fmt_val(data, r.val_accuracy)), (r.test_accuracy, _fmt_val(data, r.test_accuracy)),
+            (delta, _fmt_delta(data, delta)),
             *[(getattr(r, f"values_{m}"), _fmt_num(getattr(r, f"values_{m}"))) for m in extra],
             (kd.get("temperature"), _fmt_num(kd.get("temperature"), ".3g")),
             (kd.get("alpha"), _fmt_num(kd.get("alpha"), ".3g")), (r.total_s, _fmt_seconds(r.total_s)),
@@ -476,6 +517,13 @@ def _table_html(data: ReportData) -> str:
             f'<tbody>{"".join(rows)}</tbody></table></div>')  # fmt: skip
 
 
+def _fmt_delta(data: ReportData, delta: float) -> str:
+    """Value minus baseline: percentage points for accuracy, the metric's units otherwise."""
+    if not _finite(delta):
+        return "—"
+    return f"{delta * 100:+.2f} pp" if _is_accuracy(data) else f"{delta:+.4g}"
+
+
 def _sort_key(value: Any) -> str:
     return repr(float(value)) if _finite(value) else ""
 
@@ -488,9 +536,11 @@ def _run_html(data: ReportData) -> str:
     t, s, c = data.timing, data.settings, data.counts
     study = _dl([
         ("Study", data.study_name), ("Directory", s.get("study_dir")),
+        ("Metric", None if _is_accuracy(data) else f"{_metric_words(data)} ({_better(data)})"),
         ("Objectives", ", ".join(f"{m} {'↑' if d == 'maximize' else '↓'}"
                                  for m, d in zip(data.metric_names, data.directions))),
-        ("Max accuracy drop", _fmt_num(s.get("max_accuracy_drop"))), ("Fingerprint", s.get("fingerprint")),
+        (f"Max {_metric_words(data)} drop", _fmt_num(s.get("max_accuracy_drop"))),
+        ("Fingerprint", s.get("fingerprint")),
         ("Started", _fmt_time(data.started_at)), ("Machine", data.machine),
     ])  # fmt: skip
     time = _dl([

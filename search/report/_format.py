@@ -73,7 +73,47 @@ def _metric_label(name: str) -> str:
         "latency_ms": "Latency (ms)",
         "bops": "Bit-operations",
     }
+    if name not in labels and name.startswith("val_") and len(name) > 4:
+        return f"Validation {name[4:].replace('_', ' ')}"
     return labels.get(name, name.replace("_", " "))
+
+
+# The study's metric in words. An accuracy study keeps the report's original wording;
+# any other metric is named, with its direction where that matters.
+
+
+def _is_accuracy(data: ReportData) -> bool:
+    return getattr(data, "metric", "accuracy") == "accuracy"
+
+
+def _minimize(data: ReportData) -> bool:
+    return getattr(data, "direction", "maximize") == "minimize"
+
+
+def _metric_words(data: ReportData) -> str:
+    """``"accuracy"``, ``"perplexity"``, ``"token accuracy"``."""
+    return str(getattr(data, "metric", "accuracy")).replace("_", " ")
+
+
+def _better(data: ReportData) -> str:
+    return "lower is better" if _minimize(data) else "higher is better"
+
+
+def _val_title(data: ReportData) -> str:
+    """The metric axis: ``Validation accuracy`` or ``Validation perplexity (lower is better)``."""
+    if _is_accuracy(data):
+        return "Validation accuracy"
+    return f"Validation {_metric_words(data)} ({_better(data)})"
+
+
+def _val_short(data: ReportData) -> str:
+    """``Val accuracy`` or ``Val perplexity``."""
+    return f"Val {_metric_words(data)}"
+
+
+def _fmt_val(data: ReportData, value: Any) -> str:
+    """A value of the study's metric: a percentage for accuracy, 4 significant digits otherwise."""
+    return _fmt_acc(value) if _is_accuracy(data) else _fmt_num(value)
 
 
 def _plan_lines(plan: Any, layers: Sequence[str], limit: int = 14) -> list[str]:
@@ -99,7 +139,8 @@ def _hover(row: pd.Series, data: ReportData) -> str:
     parts = [
         f"<b>Trial #{int(row['number'])}</b>",
         f"size {_fmt_int(row['size_bytes'])} B ({_fmt_ratio(row['ratio'])})",
-        f"val {_fmt_acc(row['val_accuracy'])} · test {_fmt_acc(row['test_accuracy'])}",
+        f"val {_fmt_val(data, row['val_accuracy'])} · test {_fmt_val(data, row['test_accuracy'])}"
+        + ("" if _is_accuracy(data) else f" ({_esc(_metric_words(data))})"),
     ]
     for name in data.metric_names[2:]:
         parts.append(f"{_metric_label(name)}: {_fmt_num(row.get(f'values_{name}'))}")
@@ -131,6 +172,9 @@ def _fmt_int(value: Any) -> str:
 
 
 def _acc_is_fraction(data: ReportData) -> bool:
+    """Whether the metric axis reads as a percentage: accuracy with every value in [0, 1]."""
+    if not _is_accuracy(data):
+        return False
     acc = pd.to_numeric(data.trials["val_accuracy"], errors="coerce").dropna()
     return bool(len(acc) == 0 or acc.abs().max() <= 1.0)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 
-from compresstune.search.report._data import ReportData, report_data
+from compresstune.search.report._data import ReportData, csv_frame, report_data
 from compresstune.search.report._figures import (_front_section, _header_html, _heatmap_section,
                                                  _hypervolume_section, _importance_section, _run_html, _section,
                                                  _sensitivity_section, _table_html)
@@ -27,7 +27,9 @@ def write_report(study: Any, out_dir: str | Path, *, study_dir: str | Path | Non
     """Write ``report.html``, ``trials.csv`` and ``pareto.csv`` into ``out_dir``.
 
     ``report.html`` is one self-contained file (plotly.js embedded once) that
-    opens offline.
+    opens offline. The CSVs hold :func:`~compresstune.search.report.trials_frame`'s
+    columns, with ``val_accuracy``/``test_accuracy`` named ``val_<metric>``/``test_<metric>``
+    when the study's metric is not accuracy (e.g. ``val_perplexity``).
 
     Args:
         study: an ``optuna.Study`` written by the compresstune controller.
@@ -53,8 +55,8 @@ def write_report(study: Any, out_dir: str | Path, *, study_dir: str | Path | Non
 
 
 def _write_files(data: ReportData, out: Path) -> Path:
-    data.trials.to_csv(out / "trials.csv", index=False)
-    data.front.to_csv(out / "pareto.csv", index=False)
+    csv_frame(data.trials, data.metric).to_csv(out / "trials.csv", index=False)
+    csv_frame(data.front, data.metric).to_csv(out / "pareto.csv", index=False)
     path = out / "report.html"
     path.write_text(render_html(data), encoding="utf-8")
     return path

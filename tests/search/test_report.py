@@ -6,6 +6,7 @@ import base64
 import json
 import math
 import re
+import warnings
 
 import numpy as np
 import optuna
@@ -317,3 +318,125 @@ def test_the_sensitivity_scan_is_a_heatmap_of_drops(study, tmp_path, monkeypatch
     heat = {t.get("uid"): t for t in plotly_traces(page)}["heatmap-sensitivity"]
     assert heat["y"] == ["fc1", "fc2"] and heat["x"] == ["sparsity 0.5", "bits 2"]
     assert heat["text"] == [["+0.010", "+0.400"], ["+0.002", "–"]] and "360 validation examples" in page
+
+
+# ------------------------------------------------------ a minimised metric (perplexity)
+
+PPL_BASELINE, PPL_MAX_DROP = 20.0, 2.0
+PPL_REF = PPL_BASELINE + PPL_MAX_DROP  # minimised: the reference is worse, i.e. higher
+# (number, perplexity, size, extra); the constraint layout is [metric_drop, stopped].
+PPL_TRIALS = [
+    (0, 20.5, 500_000, {}),  # front
+    (1, 21.0, 200_000, {}),  # front
+    (2, 21.8, 100_000, {}),  # front; the whole front if perplexity were maximised
+    (3, 21.5, 300_000, {}),  # dominated by 1 (lower perplexity, smaller)
+    (4, 23.0, 50_000, {}),  # infeasible: above baseline + max drop
+    (5, 19.0, 60_000, {"stopped_at_rung": 1}),  # stopped early; would dominate everything
+    (6, 20.8, 700_000, {}),  # dominated by 0
+    (7, 80.0, 950_000, {"rejected": "budget"}),  # not fine-tuned; far above the interesting range
+]
+PPL_FRONT = [2, 1, 0]  # by size
+# Staircase on (-perplexity, log2 ratio) above (-22, 0): trials 2, 1, 0.
+PPL_HYPERVOLUME = ((PPL_REF - 21.8) * math.log2(10) + (21.8 - 21.0) * math.log2(5)
+                   + (21.0 - 20.5) * math.log2(2))  # fmt: skip
+
+
+def perplexity_study(kit, *, third: bool = False) -> optuna.Study:
+    """A study of a minimised metric laid out as the controller writes it (in memory)."""
+    directions = ["minimize", "minimize"] + (["minimize"] if third else [])
+    study = optuna.create_study(directions=directions)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(["val_perplexity", "size_bytes"] + (["latency_ms"] if third else []))
+    attrs = kit.study_attrs()
+    attrs.update(
+        record_schema=3,
+        config={"model": "studies/tiny.py:build", "n_trials": 8, "constraints": {"max_metric_drop": PPL_MAX_DROP}},
+        baseline={"val_accuracy": PPL_BASELINE, "test_accuracy": 20.6, "reference_bytes": kit.REFERENCE_BYTES,
+                  "packed_bytes": 1_000_200},
+        metric={"name": "perplexity", "direction": "minimize", "task": "compresstune.tasks:LanguageModeling"},
+        reference_point={"val_accuracy": PPL_REF, "log2_ratio": 0.0},
+        max_accuracy_drop=PPL_MAX_DROP,
+        constraint_names=["metric_drop", "stopped"],
+    )  # fmt: skip
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    for number, ppl, size, extra in PPL_TRIALS:
+        constraints = [round(ppl - PPL_REF, 6), 1.0 if "stopped_at_rung" in extra else 0.0]
+        latency = 1.0 + size / 100_000 if third else None
+        study.add_trial(kit.complete_trial(number, ppl, size, constraints=constraints, third=latency,
+                                           curve=[[0, 40.0], [100, ppl]], **extra))  # fmt: skip
+    return study
+
+
+def test_a_minimised_metric_picks_the_low_perplexity_front(kit, monkeypatch):
+    from compresstune.search.pareto import study_hypervolume
+
+    monkeypatch.setattr(_data, "_importances", lambda *a: ({}, "skipped"))
+    study = perplexity_study(kit)
+    data = report_data(study)
+    assert (data.metric, data.direction) == ("perplexity", "minimize")
+    assert data.front["number"].tolist() == PPL_FRONT
+    df = data.trials.set_index("number")
+    assert df.loc[3, "category"] == "dominated" and df.loc[6, "category"] == "dominated"
+    assert df.loc[4, "category"] == "infeasible" and df.loc[4, "violated"] == "metric_drop"
+    assert df.loc[5, "category"] == "stopped" and df.loc[7, "category"] == "rejected"
+    assert data.hypervolume == pytest.approx(PPL_HYPERVOLUME)
+    assert data.hypervolume == pytest.approx(study_hypervolume(study))
+    assert data.hypervolume_by_trial["hypervolume"].iloc[-1] == pytest.approx(PPL_HYPERVOLUME)
+    assert data.hypervolume_by_time["hypervolume"].iloc[-1] == pytest.approx(PPL_HYPERVOLUME)
+    assert data.hypervolume_front["number"].tolist() == PPL_FRONT
+    assert data.reference_point["val_accuracy"] == pytest.approx(PPL_REF)
+
+
+def test_a_minimised_metric_front_2d_of_three_objectives(kit, monkeypatch):
+    monkeypatch.setattr(_data, "_importances", lambda *a: ({}, "skipped"))
+    data = report_data(perplexity_study(kit, third=True))
+    assert data.metric_names == ["val_perplexity", "size_bytes", "latency_ms"]
+    assert data.front_2d["number"].tolist() == PPL_FRONT
+
+
+def test_a_minimised_metric_report_speaks_perplexity(kit, tmp_path):
+    study = perplexity_study(kit)
+    study.set_user_attr("sensitivity", {
+        "layers": ["fc1", "fc2"], "settings": ["sparsity 0.5", "bits 2"], "examples": 64,
+        "baseline_accuracy": 19.7, "drop": [[0.01, 0.4], [0.002, None]], "metric": "perplexity",
+        "drop_unit": "relative",
+    })  # fmt: skip
+    path = write_report(study, tmp_path / "r")
+    page = path.read_text(encoding="utf-8").replace(_plotly_bundle(), "")
+    assert "perplexity" in page and "lower is better" in page
+    assert "accuracy" not in page.lower()  # nowhere: titles, hovers, headers, notes, settings
+    layouts = [json.loads(m.group(1)) for m in
+               re.finditer(r'Plotly\.newPlot\(\s*"[^"]+",\s*\[.*?\],\s*(\{.*?\}),\s*\{"displaylogo"', page, flags=re.S)]
+    titles = [ax["title"]["text"] for lay in layouts for k, ax in lay.items()
+              if k.startswith(("xaxis", "yaxis")) and isinstance(ax, dict) and "title" in ax]
+    assert "Validation perplexity (lower is better)" in titles
+    assert not any("acc" in t.lower() for t in titles)
+    assert "Max perplexity drop" in page and "Val perplexity" in page and "Best perplexity" in page
+    assert "perplexity drop (relative)" in page  # the sensitivity hover
+    traces = {t.get("uid"): t for t in plotly_traces(page)}
+    assert decode(traces["pareto-front"]["x"]) == [100_000, 200_000, 500_000]
+    assert decode(traces["pareto-front"]["y"]) == pytest.approx([21.8, 21.0, 20.5])
+    assert decode(traces["hv-reference"]["y"]) == pytest.approx([PPL_REF])
+    assert decode(traces["hv-bounds"]["y"])[-1] < PPL_REF  # the bound runs towards better: down
+    assert decode(traces["baseline"]["y"]) == pytest.approx([PPL_BASELINE])
+    lo, hi = layouts[0]["yaxis"]["range"]  # the view keeps the front, reference and baseline, not trial 7
+    assert lo < 20.0 and PPL_REF < hi < 80.0
+    assert "trial(s) with high perplexity lie above the initial view" in page
+    trials = pd.read_csv(tmp_path / "r" / "trials.csv")
+    assert {"val_perplexity", "test_perplexity"} <= set(trials.columns)
+    assert not {"val_accuracy", "test_accuracy"} & set(trials.columns)
+    pareto = pd.read_csv(tmp_path / "r" / "pareto.csv")
+    assert pareto["number"].tolist() == PPL_FRONT
+    assert pareto["val_perplexity"].tolist() == pytest.approx([21.8, 21.0, 20.5])
+
+
+def test_a_minimised_metric_table_deltas_and_formatting(kit, monkeypatch):
+    monkeypatch.setattr(_data, "_importances", lambda *a: ({}, "skipped"))
+    data = report_data(perplexity_study(kit))
+    table = _figures._table_html(data)
+    assert "Δ val vs baseline (lower is better)" in table and "pp" not in table
+    assert "+1.8<" in table  # trial 2: 21.8 - 20.0, in the metric's units
+    assert "21.8" in _format._hover(data.front.iloc[0], data) and "%" not in _format._hover(data.front.iloc[0], data)
+    assert not _format._acc_is_fraction(data)
