@@ -456,7 +456,7 @@ def hypervolume_series(trials_df: pd.DataFrame, ref: Any, *, by: str = "number",
     not stopped, not rejected) among the first ``k`` trials in the chosen order.
 
     Args:
-        trials_df: a frame with ``number``, ``val_accuracy`` and ``log2_ratio``
+        trials_df: a frame with ``number``, ``val_accuracy`` (or one ``val_<metric>``) and ``log2_ratio``
             (or ``ratio``); ``state``, ``feasible``, ``rejected``,
             ``stopped_at_rung``, ``datetime_start`` and ``datetime_complete``
             are used when present. :func:`compresstune.search.report.trials_frame`
@@ -514,6 +514,9 @@ def hypervolume_series(trials_df: pd.DataFrame, ref: Any, *, by: str = "number",
 def _series_input(trials_df: pd.DataFrame) -> pd.DataFrame:
     if not isinstance(trials_df, pd.DataFrame):
         raise ValueError(f"`trials_df` must be a pandas DataFrame; got {type(trials_df).__name__}.")
+    named = [c for c in trials_df.columns if str(c).startswith("val_")]
+    if "val_accuracy" not in trials_df and len(named) == 1:  # a trials.csv of another metric: val_<metric>
+        trials_df = trials_df.rename(columns={named[0]: "val_accuracy"})
     missing = [c for c in ("number", "val_accuracy") if c not in trials_df]
     if "log2_ratio" not in trials_df and "ratio" not in trials_df:
         missing.append("log2_ratio (or ratio)")

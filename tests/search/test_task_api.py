@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from optuna.study import StudyDirection
 from optuna.trial import TrialState
@@ -66,6 +67,10 @@ def test_a_custom_task_runs_in_process_and_the_cli_speaks_its_metric(task_and_mo
     assert "val_nll" in status and "metric: nll (lower is better)" in status and "val_accuracy" not in status
     cli("report", str(out))
     assert "val_nll" in (out / "trials.csv").read_text().splitlines()[0]
+    from compresstune.search.pareto import hypervolume_series, reference_point, study_hypervolume
+
+    series = hypervolume_series(pd.read_csv(out / "trials.csv"), reference_point(study), direction="minimize")
+    assert series["hypervolume"].iloc[-1] == pytest.approx(study_hypervolume(study)) and study_hypervolume(study) > 0
     number = int(front["number"].iloc[0])
     exported = cli("export", str(out), "--trial", str(number), "--output", str(tmp_path / "small.ctz"))
     assert "checked: reloads and reproduces val nll" in exported, exported
