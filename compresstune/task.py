@@ -17,9 +17,12 @@ What a subclass must give:
 * ``loss(outputs, batch)``: the task's own training loss;
 * the metric, either as per-batch sums (``update(outputs, batch)`` returns a
   dict of numbers that are added up over a split, ``compute(sums)`` turns them
-  into the metric) or by overriding ``evaluate(model, split)`` outright. With
-  sums, ``standard_error(sums)`` may give the metric's noise, which early
-  stopping needs; a task without it cannot stop trials early.
+  into the metric) or by overriding ``evaluate(model, split)`` outright. Early
+  stopping's noise model is binomial: it runs only for a task with
+  ``binomial = True`` whose sums count the examples as ``"n"`` (Classification);
+  any other task is refused early stopping with that reason.
+  ``standard_error(sums)`` reports a metric's noise for people (the rule does not
+  read it yet).
 
 What it may override: ``outputs(model, batch)`` (default: ``model(**batch)``
 for a dict, without its ``"labels"``; ``model(batch[0])`` for a tuple or list;
@@ -132,7 +135,8 @@ class Task:
         raise NotImplementedError(f"{type(self).__name__}.compute(sums) must be implemented with `update`.")
 
     def standard_error(self, sums: Mapping[str, float]) -> float | None:
-        """The metric's standard error on a split, for early stopping; ``None``: unknown."""
+        """The metric's standard error on a split (``None``: unknown); not yet read by the stop rule,
+        which uses the binomial noise of a ``binomial`` task."""
         return None
 
     def evaluate(self, model: nn.Module, split: str) -> float:

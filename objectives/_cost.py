@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compresstune.compress import squash
+from compresstune.compress import TiedTo, squash
+from compresstune.layers import is_transposed_linear
 from compresstune.ops import CompressedWeight
 from compresstune.task import Task, move, take_rows
 
@@ -56,13 +57,22 @@ def latency_ms(model: nn.Module, example: Any, *, batch_size: int = 1, repeats: 
     return statistics.median(times) * 1000.0
 
 
+def _out_rows(module: nn.Module, param_name: str) -> int:
+    """Output channels of a weight: dim 1 of transformers' ``Conv1D`` (stored ``(in, out)``), else dim 0."""
+    weight = getattr(module, param_name)
+    return weight.shape[1] if is_transposed_linear(module) else weight.shape[0]
+
+
 def _weight_cost(module: nn.Module, param_name: str) -> tuple[float, int]:
     """(weight MACs per output position per output row, weight bits) of one weight."""
     par = None
     if parametrize.is_parametrized(module, param_name):
         par = module.parametrizations[param_name][0]
+        if isinstance(par, TiedTo) and parametrize.is_parametrized(par.owner, par.param_name):
+            par = par.owner.parametrizations[par.param_name][0]  # a tied weight costs what its owner's does
     weight = getattr(module, param_name)
-    rows, cols = weight.shape[0], weight[0].numel()
+    rows = _out_rows(module, param_name)
+    cols = weight.numel() // rows
     if not isinstance(par, CompressedWeight):
         return float(cols), 32
     dens = [m.float().mean().item() if m.numel() else 1.0 for m in par.masks()]
@@ -88,7 +98,7 @@ def bit_operations(model: nn.Module, example: Any, *, activation_bits: int = 32,
         def hook(mod, inputs, output):
             nonlocal total
             out = output[0] if isinstance(output, tuple) else output
-            rows = getattr(mod, param_name).shape[0]
+            rows = _out_rows(mod, param_name)
             positions = out.numel() / out.shape[0] / rows  # output positions per example
             per_row, bits = _weight_cost(mod, param_name)
             total += positions * rows * per_row * bits * activation_bits
@@ -110,7 +120,8 @@ def bit_operations(model: nn.Module, example: Any, *, activation_bits: int = 32,
         if isinstance(module, nn.MultiheadAttention):
             hooks.append(module.register_forward_hook(attention))
             inside_attention.add(id(module.out_proj))
-        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and id(module) not in inside_attention:
+        elif ((isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or is_transposed_linear(module))
+              and id(module) not in inside_attention):
             hooks.append(module.register_forward_hook(linear_like(module, "weight")))
     try:
         was_training = model.training
