@@ -65,7 +65,8 @@ from torch import nn
 from compresstune._validation import check_number, check_one_of
 from compresstune.errors import TaskError
 
-__all__ = ["SPLITS", "Task", "check_task", "device_of", "has_sums", "logits_of", "measure", "move", "rows_of", "take_rows", "targets_of"]
+__all__ = ["SPLITS", "Task", "check_task", "device_of", "has_sums", "logits_of", "map_tensors", "measure", "move",
+           "rows_of", "take_rows", "targets_of"]
 
 SPLITS = ("train", "val", "test")
 DIRECTIONS = ("maximize", "minimize")
@@ -193,35 +194,31 @@ def targets_of(batch: Any, task: Task | None = None) -> torch.Tensor:
                     + (f" with keys {sorted(batch)}" if isinstance(batch, Mapping) else "") + ".")
 
 
-def move(batch: Any, device: torch.device | str) -> Any:
-    """``batch`` with every tensor in it on ``device`` (tensors, tuples, lists, dicts, ``.to``-objects)."""
+def map_tensors(batch: Any, fn) -> Any:
+    """``batch`` with ``fn`` applied to every tensor in it (tensors, tuples, named tuples, lists, dicts)."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return fn(batch)
     if isinstance(batch, Mapping):
-        if type(batch) is not dict and hasattr(batch, "to"):  # transformers' BatchEncoding
-            return batch.to(device)
-        return {k: move(v, device) for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        moved = [move(v, device) for v in batch]
-        return type(batch)(*moved) if hasattr(batch, "_fields") else tuple(moved)
-    if isinstance(batch, list):
-        return [move(v, device) for v in batch]
+        return {k: map_tensors(v, fn) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        parts = [map_tensors(v, fn) for v in batch]
+        if isinstance(batch, list):
+            return parts
+        return type(batch)(*parts) if hasattr(batch, "_fields") else tuple(parts)
     return batch
+
+
+def move(batch: Any, device: torch.device | str) -> Any:
+    """``batch`` with every tensor in it on ``device`` (transformers' ``BatchEncoding`` through its ``.to``)."""
+    if isinstance(batch, Mapping) and type(batch) is not dict and hasattr(batch, "to"):
+        return batch.to(device)
+    return map_tensors(batch, lambda t: t.to(device, non_blocking=True))
 
 
 def take_rows(batch: Any, n: int) -> Any:
     """The first ``n`` rows of every tensor in ``batch`` (the example of the latency and
     bit-operation measurements)."""
-    if isinstance(batch, torch.Tensor):
-        return batch[:n] if batch.dim() else batch
-    if isinstance(batch, Mapping):
-        return {k: take_rows(v, n) for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        rows = [take_rows(v, n) for v in batch]
-        return type(batch)(*rows) if hasattr(batch, "_fields") else tuple(rows)
-    if isinstance(batch, list):
-        return [take_rows(v, n) for v in batch]
-    return batch
+    return map_tensors(batch, lambda t: t[:n] if t.dim() else t)
 
 
 def device_of(model: nn.Module) -> torch.device:
