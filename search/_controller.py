@@ -27,7 +27,7 @@ from compresstune.spaces import Space
 from compresstune.task import Task, check_task, measure, move, take_rows
 from compresstune.search._storage import (RunLock, default_storage, driver_id, open_storage,
                                           repair_interrupted, write_pointer)
-from compresstune.search._records import SCHEMA_KEY, SCHEMA_VERSION
+from compresstune.search._records import SCHEMA_KEY, SCHEMA_VERSION, metric_of
 from compresstune.search._seeds import before_search
 from compresstune.search._session import Session, load_model_and_task
 from compresstune.search._trial import TrialContext, TrialSettings, constraint_names
@@ -148,6 +148,7 @@ def _open_study(config: StudyConfig, storage, sampler, attrs: dict, new_study: b
     elif name in names:
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler)
         _check_same_config(study, attrs, name)
+        _check_same_metric(study, task, name)
         return study
     directions = [task.direction, "minimize"] + (["minimize"] if len(config.objectives) > 2 else [])
     study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, directions=directions)
@@ -161,6 +162,14 @@ def _open_study(config: StudyConfig, storage, sampler, attrs: dict, new_study: b
 
 def _ordered_objectives(config: StudyConfig) -> list[str]:
     return ["accuracy", "size"] + [o for o in config.objectives if o not in ("accuracy", "size")]
+
+
+def _check_same_metric(study: optuna.Study, task: Task, name: str) -> None:
+    stored = metric_of(study.user_attrs)
+    if stored != (task.metric, task.direction):
+        raise ConfigError(f"study {name!r} already exists for the metric {stored[0]!r} ({stored[1]}); this task's is "
+                          f"{task.metric!r} ({task.direction}). Resuming it would mix results: use --new-study "
+                          "(new_study=True) or another output folder.")
 
 
 def _check_same_config(study: optuna.Study, attrs: dict, name: str) -> None:
@@ -198,6 +207,14 @@ def _check_early_stopping(config: StudyConfig, task: Task, sums) -> int | None:
     return int(sums["n"])
 
 
+def _baseline(task: Task, model: torch.nn.Module) -> tuple[dict, dict | None]:
+    """The uncompressed model's record (its metric on val and test, its sizes) and its val sums."""
+    base_val, sums = measure(task, model, "val")
+    base_test = measure(task, model, "test")[0] if task.has_split("test") else None
+    return {"val_accuracy": base_val, "test_accuracy": base_test, "reference_bytes": reference_size(model),
+            "packed_bytes": len(to_bytes(model))}, sums
+
+
 def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Callable[[str], None] = print,
             study_file: str | None = None, model: torch.nn.Module | None = None,
             task: Task | None = None) -> Session:
@@ -221,13 +238,10 @@ def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Cal
         save_objects(out, model, task, log)
     model = model.to(device).eval()
     space = Space.from_config(config.space, model)
-    base_val, sums = measure(task, model, "val")
-    base_test = measure(task, model, "test")[0] if task.has_split("test") else None
+    base, sums = _baseline(task, model)
+    base_val, ref = base["val_accuracy"], base["reference_bytes"]
     n_val = _check_early_stopping(config, task, sums)
-    ref = reference_size(model)
-    base = {"val_accuracy": base_val, "test_accuracy": base_test, "reference_bytes": ref,
-            "packed_bytes": len(to_bytes(model))}
-    test_text = f", test {task.metric} {base_test:.4f}" if base_test is not None else ""
+    test_text = f", test {task.metric} {base['test_accuracy']:.4f}" if base["test_accuracy"] is not None else ""
     log(f"baseline: val {task.metric} {base_val:.4f}{test_text}, fp32 size {ref:,} bytes, "
         f"{len(space.layers)} layers searched, {len(space.param_names)} parameters, on {device} "
         f"({time.perf_counter() - t0:.1f} s)")

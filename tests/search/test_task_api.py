@@ -130,3 +130,15 @@ def test_a_cuda_device_without_cuda_is_refused_before_the_baseline(task_and_mode
     task, model = task_and_model
     with pytest.raises(ConfigError, match=r"`resources.device` must be 'auto' or 'cpu' here: 'cuda' was asked for"):
         ct.search.run(model, task, resources={"device": "cuda"}, out=str(tmp_path / "gpu"), log=lambda m: None)
+
+
+def test_resuming_with_another_metric_is_refused(task_and_model, tmp_path):
+    from compresstune.tasks import Classification
+
+    task, model = task_and_model
+    settings = {**SETTINGS, "finetune": {"steps": 2, "eval_every": 2}}
+    ct.search.run(model, task, trials=1, out=str(tmp_path / "o"), log=lambda m: None, **settings)
+    x, y = task.parts["val"]
+    accuracy = Classification((x, y), (x, y))
+    with pytest.raises(ConfigError, match=r"already exists for the metric 'nll' \(minimize\); this task's is 'accuracy'"):
+        ct.search.run(model, accuracy, trials=1, out=str(tmp_path / "o"), log=lambda m: None, **settings)
