@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--output", required=True, help="where to copy the .ctz artifact")
     exp.add_argument("--squash", metavar="FILE", help="also write the squashed plain nn.Module (torch.save) here")
     exp.add_argument("--no-check", action="store_true", help="skip reloading and re-scoring the artifact")
+    exp.add_argument("--force", action="store_true", help="export a trial that breaks a constraint (infeasible)")
 
     st = sub.add_parser("status", help="progress and the current front")
     st.add_argument("dir")
@@ -98,7 +99,8 @@ def _report(args) -> int:
 def _export(args) -> int:
     from compresstune.search import export_trial
 
-    info = export_trial(args.dir, args.trial, args.output, squash_to=args.squash, check=not args.no_check)
+    info = export_trial(args.dir, args.trial, args.output, squash_to=args.squash, check=not args.no_check,
+                        force=args.force)
     print(info)
     return 0
 

@@ -52,15 +52,29 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def broken_constraints(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
+    """The constraints a trial breaks (name -> positive value); empty for a feasible trial."""
+    return {name: float(v) for name, v in (trial.constraints or {}).items() if float(v) > 0}
+
+
 def export_trial(out: str | Path, number: int, output: str | Path, *, squash_to: str | Path | None = None,
-                 check: bool = True) -> str:
-    """Copy trial ``number``'s artifact to ``output``; check it loads and reproduces the stored accuracy.
+                 check: bool = True, force: bool = False) -> str:
+    """Copy trial ``number``'s artifact to ``output``; check it loads and reproduces the stored metric.
+
+    An infeasible trial (one breaking a constraint of the study, e.g. over the
+    metric drop) is exported only with ``force=True`` (``--force``), and the summary
+    says which constraints it breaks.
 
     Returns a one-paragraph summary.
     """
     out = Path(out).resolve()
     study = load_study(out)
     t = _trial(study, number)
+    broken = broken_constraints(t)
+    if broken and not force:
+        shown = ", ".join(f"{k} by {v:.4g}" for k, v in broken.items())
+        raise SearchError(f"trial {number} is infeasible: it breaks {shown}. Pass --force (force=True) to export "
+                          "it anyway, or pick a trial from the feasible front (`compresstune status`).")
     src = out / t.user_attrs["artifact"]
     if not src.exists():
         raise SearchError(f"trial {number}'s artifact {str(src)!r} is missing from the output folder.")
@@ -69,6 +83,9 @@ def export_trial(out: str | Path, number: int, output: str | Path, *, squash_to:
     lines = [f"trial {number}: {t.user_attrs['size_bytes']:,} bytes ({t.user_attrs['ratio']:.1f}x smaller), "
              f"val {metric} {_fmt(t.user_attrs['val_accuracy'])}, test {metric} {_fmt(t.user_attrs['test_accuracy'])}",
              f"artifact: {output}"]
+    if broken:
+        lines.append("warning: infeasible, exported with --force: breaks "
+                     + ", ".join(f"{k} by {v:.4g}" for k, v in broken.items()))
     if check or squash_to:
         model, task, why = _rebuild(study, out)
         small = load(output, into=model).eval()

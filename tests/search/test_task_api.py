@@ -142,3 +142,19 @@ def test_resuming_with_another_metric_is_refused(task_and_model, tmp_path):
     accuracy = Classification((x, y), (x, y))
     with pytest.raises(ConfigError, match=r"already exists for the metric 'nll' \(minimize\); this task's is 'accuracy'"):
         ct.search.run(model, accuracy, trials=1, out=str(tmp_path / "o"), log=lambda m: None, **settings)
+
+
+def test_export_of_an_infeasible_trial_needs_force(task_and_model, tmp_path):
+    from compresstune.search import SearchError, export_trial
+
+    task, model = task_and_model
+    settings = {**SETTINGS, "space": {"bits": 2, "sparsity": 0.9, "rank_fraction": None},
+                "constraints": {"max_metric_drop": 0.0}, "finetune": {"steps": 2, "eval_every": 2}}
+    study, _ = ct.search.run(model, task, trials=1, out=str(tmp_path / "o"), log=lambda m: None, **settings)
+    trial = study.trials[0]
+    assert trial.constraints["metric_drop"] > 0 and "artifact" in trial.user_attrs  # fine-tuned, then infeasible
+    with pytest.raises(SearchError, match=r"trial 0 is infeasible: it breaks metric_drop by .*--force"):
+        export_trial(tmp_path / "o", 0, tmp_path / "x.ctz")
+    assert not (tmp_path / "x.ctz").exists()
+    summary = export_trial(tmp_path / "o", 0, tmp_path / "x.ctz", force=True)
+    assert "warning: infeasible, exported with --force: breaks metric_drop" in summary and (tmp_path / "x.ctz").exists()
