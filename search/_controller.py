@@ -27,7 +27,7 @@ from compresstune.spaces import Space
 from compresstune.task import Task, check_task, measure, move, take_rows
 from compresstune.search._storage import (RunLock, default_storage, driver_id, open_storage,
                                           repair_interrupted, write_pointer)
-from compresstune.search._records import SCHEMA_KEY, SCHEMA_VERSION, metric_of
+from compresstune.search._records import SCHEMA_KEY, SCHEMA_VERSION, TARGET_TRIALS, metric_of
 from compresstune.search._seeds import before_search
 from compresstune.search._session import Session, load_model_and_task
 from compresstune.search._trial import TrialContext, TrialSettings, constraint_names
@@ -250,6 +250,7 @@ def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Cal
     sampler = make_sampler(config.search.sampler, seed=config.search.seed, trials=config.search.trials)
     attrs = _study_attrs(config, base, space, settings, study_file, task)
     study = _open_study(config, storage, sampler, attrs, new_study, log, task)
+    study.set_user_attr(TARGET_TRIALS, config.search.trials)  # what `status` counts against
     write_pointer(out, storage_url, study.study_name, study_file)
     driver = driver_id(out)
     repaired = repair_interrupted(study, driver)

@@ -126,7 +126,8 @@ def status_text(study: optuna.Study, out: Path) -> str:
     pointer = read_pointer(out)
     trials = study.get_trials(deepcopy=False)
     by_state = {s.name: sum(t.state == s for t in trials) for s in TrialState}
-    wanted = study.user_attrs.get("config", {}).get("search", {}).get("trials")
+    # The latest run's own target (`--trials` included); older studies: the study file's.
+    wanted = study.user_attrs.get("target_trials") or study.user_attrs.get("config", {}).get("search", {}).get("trials")
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     kinds = [(sum(t.user_attrs.get("stopped_at_rung") is not None for t in done), "stopped early"),
              (sum(t.user_attrs.get("rejected") == "budget" for t in done), "over a budget, not fine-tuned"),

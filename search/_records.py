@@ -55,6 +55,7 @@ BASELINE = "baseline"
 REFERENCE_POINT = "reference_point"
 MAX_ACCURACY_DROP = "max_accuracy_drop"
 METRIC = "metric"
+TARGET_TRIALS = "target_trials"
 CONSTRAINT_NAMES = "constraint_names"
 LAYERS = "layers"
 LAYER_SHAPES = "layer_shapes"
@@ -78,6 +79,7 @@ STUDY_KEYS: dict[str, tuple[str, str]] = {
     REFERENCE_POINT: ("dict", "hypervolume reference: `val_accuracy` (the metric's value), `log2_ratio`"),
     MAX_ACCURACY_DROP: ("float | null", "the largest drop of the metric allowed, in its units (for accuracy, "
                                         "`constraints.max_accuracy_drop`)"),
+    TARGET_TRIALS: ("int", "COMPLETE trials the latest run was asked for (`search.trials` or `--trials`)"),
     METRIC: ("dict", "the task's metric: `name`, `direction` (maximize/minimize), `task` (import path or null); "
                      "absent: accuracy, maximize"),
     CONSTRAINT_NAMES: ("list[str]", "names of the constraint entries, in order"),

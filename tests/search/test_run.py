@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 import compresstune as ct
 from compresstune.cli import main
 from compresstune.search.config import load_config
-from compresstune.search import SearchError, export_trial, load_study, run
+from compresstune.search import SearchError, export_trial, load_study, run, status_text
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -171,6 +171,8 @@ def test_rerun_resumes_without_new_trials_and_extends_with_more(finished: Path, 
     assert states(finished)["COMPLETE"] == 5
     run(cfg.with_search(trials=6), progress=False, log=lambda m: None)
     assert states(finished)["COMPLETE"] == 6
+    # `status` counts against the latest run's own target (--trials 6), not the study file's 5.
+    assert "trials: 6 complete of 6" in status_text(load_study(finished), finished)
 
 
 def test_changed_config_is_refused_with_the_difference_then_new_study(tmp_path: Path) -> None:
