@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="run trials on a local Ray cluster with N workers")
     run.add_argument("--address", help="run trials on an existing Ray cluster: auto or HOST:PORT (use `ray job submit` for remote clusters)")
     run.add_argument("--new-study", action="store_true", help="start a new study if the config changed")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--no-progress", action="store_true",
+                     help="one line per finished trial instead of the bar (the default when stderr is not a terminal)")
 
     rep = sub.add_parser("report", help="write DIR/report.html, trials.csv and pareto.csv")
     rep.add_argument("dir")

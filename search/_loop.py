@@ -160,6 +160,7 @@ class TrialLoop:
                                 self.counts.interrupted + interrupted)
         self.live.pop(key, None)
         self._show()
+        self._line(trial.number, outcome)
         if self.failed >= self.max_failures and self.complete < self.target and self.error is None:
             self.error = SearchError(too_many_failures(self.study, self.failed))
 
@@ -201,6 +202,8 @@ class TrialLoop:
         RUNNING is swept (an interrupt can land anywhere, even inside a record)."""
         self.bar = Progress(self.target, done=self.complete, enabled=self.progress, stream=sys.stderr)
         self._show()
+        log = self.session.log
+        self.session.log = self.bar.around(log)  # log lines never land inside a bar frame
         try:
             yield self
         except KeyboardInterrupt:
@@ -209,6 +212,7 @@ class TrialLoop:
             repair_interrupted(self.study, self.session.driver, INTERRUPTED_BY_USER)
             raise
         finally:
+            self.session.log = log
             self.close()
 
     def close(self) -> None:
@@ -216,6 +220,19 @@ class TrialLoop:
             self._show()
             self.bar.close()
             self.bar = None
+
+    def _line(self, number: int, outcome: TrialOutcome) -> None:
+        if self.bar is None:
+            return
+        attrs = outcome.user_attrs
+        seconds = (attrs.get("timings") or {}).get("total_s")
+        if outcome.state == "complete":
+            self.bar.trial(number, "COMPLETE", metric=self.session.context.settings.metric, value=outcome.values[0],
+                           size_bytes=attrs.get("size_bytes", outcome.values[1]), ratio=attrs.get("ratio", 0.0),
+                           seconds=seconds, complete=self.complete, front=len(self.front))
+        else:
+            self.bar.trial(number, "FAIL", reason=outcome.fail_reason, seconds=seconds, complete=self.complete,
+                           front=len(self.front))
 
     def _show(self) -> None:
         if self.bar is not None:

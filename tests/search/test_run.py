@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ PYTHON = sys.executable
 FLAKY = '''
 """Test-only study module: trial k of the process fails in a chosen way while fine-tuning."""
 import os
+import re
 import torch
 from studies import digits
 
@@ -280,3 +282,13 @@ def test_a_second_driver_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_redirected_run_logs_one_line_per_trial(tmp_path: Path) -> None:
+    study_file = write_study(tmp_path, trials=3, steps=4)
+    res = cli("run", str(study_file))  # stderr is a pipe here, not a terminal: no bar frames
+    assert res.returncode == 0, res.stderr
+    lines = [line for line in res.stderr.splitlines() if re.match(r"^trial \d+ (COMPLETE|FAIL)", line)]
+    assert len(lines) == 3 and all("val accuracy" in line and "complete, front" in line for line in lines), res.stderr
+    assert "\r" not in res.stderr
+    assert any(line.startswith("seed trials") or line.startswith("baseline") for line in res.stderr.splitlines())
