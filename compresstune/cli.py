@@ -43,6 +43,10 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="progress and the current front")
     st.add_argument("dir")
 
+    dis = sub.add_parser("discover", help="the model's compressible layers as a table (kind, shape, operators)")
+    dis.add_argument("study", help="study YAML file, e.g. studies/digits.yaml")
+    dis.add_argument("--out", help="output folder (default: the study's search.out; baselines are cached there)")
+
     sen = sub.add_parser("sensitivity", help="per-layer accuracy drop without fine-tuning (cached in OUT/sensitivity.json)")
     sen.add_argument("study", help="study YAML file, e.g. studies/digits.yaml")
     sen.add_argument("--out", help="output folder (default: the study's search.out)")
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return {"run": _run, "report": _report, "export": _export, "status": _status,
-                "sensitivity": _sensitivity}[args.command](args)
+                "sensitivity": _sensitivity, "discover": _discover}[args.command](args)
     except KeyboardInterrupt:
         print("compresstune: interrupted; nothing is left RUNNING. Run the same command again to resume.",
               file=sys.stderr)
@@ -110,6 +114,18 @@ def _status(args) -> int:
     from compresstune.search import load_study, status_text
 
     print(status_text(load_study(args.dir), Path(args.dir)))
+    return 0
+
+
+def _discover(args) -> int:
+    from compresstune.layers import discover
+    from compresstune.search._session import load_model_and_task
+    from compresstune.search.config import ensure_import_paths, load_config
+
+    ensure_import_paths(args.study)
+    config = load_config(args.study, **({"out": args.out} if args.out else {}))
+    model, _ = load_model_and_task(config, Path(config.search.out).resolve())
+    print(discover(model, trace=True).table())
     return 0
 
 

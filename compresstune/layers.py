@@ -157,6 +157,9 @@ class LayerInfo:
         return rank if saves_storage(rank, rows, cols) else None
 
 
+_OPERATORS = ("prune", "quantize", "lowrank", "structured")
+
+
 def saves_storage(rank: int, rows: int, cols: int) -> bool:
     """True when factors ``rows x rank`` and ``rank x cols`` hold fewer numbers than the matrix."""
     return rank * (rows + cols) < rows * cols
@@ -174,6 +177,30 @@ class Discovery:
 
     def canonical(self, name: str) -> str:
         return self.alias_of.get(name, name)
+
+    def table(self) -> str:
+        """The layers as a text table (layer, kind, shape, operators it takes, refusals), then
+        the modules skipped with their reasons.
+
+        Example:
+            >>> import torch.nn as nn
+            >>> print(discover(nn.Sequential(nn.Linear(4, 3), nn.ReLU())).table())
+            layer  kind    shape  operators                      refused
+            0      linear  3x4    prune quantize lowrank structured  -
+        """
+        head = ("layer", "kind", "shape", "operators", "refused")
+        rows = [(name, info.kind, "x".join(map(str, info.shape)),
+                 " ".join(op for op in _OPERATORS if op not in info.refused),
+                 "; ".join(f"{op}: {why}" for op, why in info.refused.items()) or "-")
+                for name, info in self.layers.items()]
+        widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(4)]
+        lines = ["  ".join([*(str(c).ljust(w) for c, w in zip(r[:4], widths)), r[4]]).rstrip() for r in (head, *rows)]
+        if self.skipped:
+            lines += ["", "skipped:"] + [f"  {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Discovery of {len(self.layers)} layers\n{self.table()}"
 
     def check_names(self, names: Iterable[str], *, field_name: str = "layers") -> None:
         """Raise PlanError for names that are not compressible layers, listing close matches."""

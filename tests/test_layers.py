@@ -164,3 +164,16 @@ def test_discover_on_transformer_encoder():
         "layers.1.self_attn.in_proj", "layers.1.self_attn.out_proj", "layers.1.linear1", "layers.1.linear2"]
     assert found.layers["layers.1.self_attn.out_proj"].kind == "attention"
     assert set(found.skipped) == {f"layers.{i}.norm{j}" for i in (0, 1) for j in (1, 2)}
+
+
+def test_discovery_prints_as_a_table_with_refusals_and_skipped_modules():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, groups=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 10))
+    text = repr(ct.discover(model))
+    lines = text.splitlines()
+    assert lines[0] == "Discovery of 2 layers"
+    assert lines[1].split() == ["layer", "kind", "shape", "operators", "refused"]
+    assert lines[2].split()[:3] == ["0", "conv2d", "8x3x3x3"] and lines[2].rstrip().endswith("-")
+    assert lines[3].startswith("4 ") and "structured: its channels are the model output" in lines[3]
+    assert lines[3].split()[3:6] == ["prune", "quantize", "lowrank"]  # no structured: it is refused
+    assert "skipped:" in lines and any(line.strip().startswith("1: normalisation layer") for line in lines)

@@ -292,3 +292,11 @@ def test_a_redirected_run_logs_one_line_per_trial(tmp_path: Path) -> None:
     assert len(lines) == 3 and all("val accuracy" in line and "complete, front" in line for line in lines), res.stderr
     assert "\r" not in res.stderr
     assert any(line.startswith("seed trials") or line.startswith("baseline") for line in res.stderr.splitlines())
+
+
+def test_discover_prints_the_layer_table_of_a_study(tmp_path: Path) -> None:
+    study_file = write_study(tmp_path, trials=1)
+    res = cli("discover", str(study_file))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[0].split() == ["layer", "kind", "shape", "operators", "refused"]
+    assert any(line.split()[:2] == ["fc2", "linear"] for line in res.stdout.splitlines())
