@@ -572,6 +572,14 @@ def narrowed_space(config, model: nn.Module, narrow: dict[str, dict[str, Any]]):
 
 # -- before the first trial (the controller calls it) ------------------------------------------------------------------------------
 
+def _baselines(table: dict) -> str:
+    """``" (baseline 0.9120 on the sample, 0.9150 on the whole split)"``, when both are known."""
+    whole = table.get("baseline_whole")
+    if whole is None:
+        return ""
+    return f" (baseline {table['baseline_accuracy']:.4f} on the sample, {whole:.4f} on the whole split)"
+
+
 def before_search(session) -> None:
     """Run before the first trial of ``run`` (both executors): the sensitivity
     scan (reused from the study or the cache when its key matches), narrowing
@@ -599,7 +607,7 @@ def before_search(session) -> None:
                                          session.space, baseline, log=log)
             study.set_user_attr("sensitivity", table)
             log(f"sensitivity scan: {len(table['layers'])} layers x {len(table['settings'])} settings on "
-                f"{table['examples']} validation examples"
+                f"{table['examples']} validation examples" + _baselines(table)
                 + (" (from the cache)" if cached else f" ({table['seconds']:.1f} s)"))
     narrow = attrs.get("narrowing")
     if narrow is None and new and table is not None and cfg.narrow:

@@ -13,6 +13,7 @@ import torch
 from compresstune.search.config import StudyConfig
 from compresstune.errors import ConfigError
 from compresstune.spaces import Space
+from compresstune.objectives import evaluate as ct_evaluate
 from compresstune.tasks import Classification
 from compresstune.search._sensitivity import CACHE_FILE, format_table, load_or_scan, scan, units
 
@@ -147,3 +148,38 @@ def test_defaults_and_fingerprint() -> None:
     # An unset bops budget keeps the fingerprints of studies made before the field existed.
     assert "max_bops" not in cfg.fingerprint_data()["constraints"]
     assert _config(constraints={"max_bops": 1e6}).fingerprint() != cfg.fingerprint()
+
+
+def test_a_validation_split_sorted_by_class_is_scanned_like_a_shuffled_one(digits) -> None:
+    import torch
+
+    from compresstune.data import Split, Splits
+
+    splits, model = digits
+    order = torch.argsort(splits.val.y, stable=True)
+    shuffled = torch.randperm(len(splits.val.y), generator=torch.Generator().manual_seed(1))
+    cfg = _config(sensitivity={"examples": 240, "sparsity": [0.9], "bits": [2], "rank_fraction": [0.25]})
+    space = Space.from_config(cfg.space, model)
+    tables, logs = [], []
+    for idx in (order, shuffled):
+        val = Split(splits.val.x[idx], splits.val.y[idx])
+        task = Classification.from_splits(Splits(splits.train, val, splits.test, splits.num_classes, "digits"))
+        whole = ct_evaluate(model, task)
+        tables.append(scan(model, task, space, cfg.sensitivity, whole=whole, log=logs.append))
+    sorted_, shuffled_ = tables
+    assert sorted_["examples"] == shuffled_["examples"] == 240 and sorted_["sample"].startswith("stratified")
+    # The same picture within noise (binomial SE of a drop on 240 rows is about 0.03).
+    for a, b in zip(sum(sorted_["drop"], []), sum(shuffled_["drop"], [])):
+        assert (a is None) == (b is None) and (a is None or abs(a - b) < 0.12), (sorted_["drop"], shuffled_["drop"])
+    assert abs(sorted_["baseline_accuracy"] - sorted_["baseline_whole"]) < 0.05
+    assert sorted_["differs"] is False and not [m for m in logs if "warning" in m]
+
+
+def test_a_sample_unlike_the_whole_split_is_warned_about(digits) -> None:
+    splits, model = digits
+    cfg = _config(sensitivity={"examples": 100, "sparsity": [0.5], "bits": [], "rank_fraction": []})
+    logs = []
+    table = scan(model, Classification.from_splits(splits), Space.from_config(cfg.space, model), cfg.sensitivity,
+                 whole=0.2, log=logs.append)
+    assert table["differs"] is True and table["baseline_whole"] == 0.2
+    assert any("differs from the whole validation split's (0.2000) by more than two standard errors" in m for m in logs)
