@@ -40,6 +40,15 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-check", action="store_true", help="skip reloading and re-scoring the artifact")
     exp.add_argument("--force", action="store_true", help="export a trial that breaks a constraint (infeasible)")
 
+    fin = sub.add_parser("finetune", help="fine-tune one trial's compressed model longer and save it")
+    fin.add_argument("dir")
+    fin.add_argument("--trial", type=int, required=True)
+    budget = fin.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--steps", type=int, help="fine-tune steps")
+    budget.add_argument("--epochs", type=float, help="passes over the training batches")
+    fin.add_argument("--lr", type=float, help="learning rate (default: the study's finetune.lr)")
+    fin.add_argument("--output", required=True, help="where to write the fine-tuned .ctz artifact")
+
     st = sub.add_parser("status", help="progress and the current front")
     st.add_argument("dir")
 
@@ -61,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return {"run": _run, "report": _report, "export": _export, "status": _status,
-                "sensitivity": _sensitivity, "discover": _discover}[args.command](args)
+                "sensitivity": _sensitivity, "discover": _discover,
+                "finetune": _finetune}[args.command](args)
     except KeyboardInterrupt:
         print("compresstune: interrupted; nothing is left RUNNING. Run the same command again to resume.",
               file=sys.stderr)
@@ -107,6 +117,14 @@ def _export(args) -> int:
     info = export_trial(args.dir, args.trial, args.output, squash_to=args.squash, check=not args.no_check,
                         force=args.force)
     print(info)
+    return 0
+
+
+def _finetune(args) -> int:
+    from compresstune.search._finetune_trial import finetune_trial
+
+    print(finetune_trial(args.dir, args.trial, args.output, steps=args.steps, epochs=args.epochs, lr=args.lr,
+                         log=lambda m: print(m, file=sys.stderr, flush=True)))
     return 0
 
 

@@ -300,3 +300,20 @@ def test_discover_prints_the_layer_table_of_a_study(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[0].split() == ["layer", "kind", "shape", "operators", "refused"]
     assert any(line.split()[:2] == ["fc2", "linear"] for line in res.stdout.splitlines())
+
+
+def test_finetune_continues_a_trial_and_reports_before_and_after(finished: Path, tmp_path: Path) -> None:
+    from compresstune.search import finetune_trial
+
+    study = load_study(finished)
+    t = study.best_trials[0]
+    target = tmp_path / "longer.ctz"
+    summary = finetune_trial(finished, t.number, target, steps=20, log=lambda m: None)
+    before = f"val accuracy: {t.user_attrs['val_accuracy']:.4f} -> "
+    assert before in summary and "test accuracy: " in summary, summary
+    assert target.stat().st_size == t.user_attrs["size_bytes"]  # same plan, same bytes
+    assert load_study(finished).trials[t.number].user_attrs == t.user_attrs  # the study is only read
+    res = cli("finetune", str(finished), "--trial", str(t.number), "--epochs", "0.5", "--output", str(tmp_path / "e.ctz"))
+    assert res.returncode == 0 and "val accuracy: " in res.stdout, res.stderr
+    bad = cli("finetune", str(finished), "--trial", str(t.number), "--steps", "0", "--output", str(tmp_path / "z.ctz"))
+    assert bad.returncode == 2 and "`steps` must be an integer >= 1; got 0" in bad.stderr
