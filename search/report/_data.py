@@ -163,7 +163,8 @@ class ReportData(NamedTuple):
         versions: package versions (compresstune, torch, optuna, ray, python).
         machine: machine description, or None.
         started_at: ISO start time, or None.
-        timing: wall_s, trials_total_s, trial_mean_s, trial_median_s and the
+        timing: wall_s (time with a trial running, summed over runs), span_s (first start to last
+            end), trials_total_s, trial_mean_s, trial_median_s and the
             mean of each phase.
         sensitivity: the sensitivity scan's drops of the metric without fine-tuning
             (rows = layers, columns = settings such as ``"bits 4"``), or None when
@@ -478,13 +479,32 @@ def _versions(attrs: Mapping[str, Any]) -> dict[str, str]:
     return versions
 
 
+def _running_seconds(trials: pd.DataFrame) -> float:
+    """Time with at least one trial running: the union of the trials' [start, end] intervals, so
+    the idle gap between two runs of a resumed study does not count."""
+    spans = trials[["datetime_start", "datetime_complete"]].dropna().sort_values("datetime_start")
+    total, cur_start, cur_end = 0.0, None, None
+    for start, end in spans.itertuples(index=False):
+        if cur_end is None or start > cur_end:
+            if cur_end is not None:
+                total += (cur_end - cur_start).total_seconds()
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    if cur_end is not None:
+        total += (cur_end - cur_start).total_seconds()
+    return total if len(spans) else math.nan
+
+
 def _timing(trials: pd.DataFrame) -> dict[str, float]:
     start, end = trials["datetime_start"].min(), trials["datetime_complete"].max()
-    wall = (end - start).total_seconds() if pd.notna(start) and pd.notna(end) else math.nan
+    span = (end - start).total_seconds() if pd.notna(start) and pd.notna(end) else math.nan
+    wall = _running_seconds(trials)
     done = trials[trials["state"] == "COMPLETE"]
     total = done["total_s"].dropna()
     out = {
         "wall_s": wall,
+        "span_s": span,
         "trials_total_s": float(total.sum()) if len(total) else math.nan,
         "trial_mean_s": float(total.mean()) if len(total) else math.nan,
         "trial_median_s": float(total.median()) if len(total) else math.nan,

@@ -450,7 +450,7 @@ def _header_html(data: ReportData) -> str:
     c, ref, base = data.counts, data.reference_point, data.baseline
     front = data.front
     stopped = c["pruned"] + c["stopped"]
-    summary = f"{c['complete']} complete · {c['failed']} failed · {stopped} pruned/stopped"
+    summary = f"{c['complete']} complete · {c['failed']} failed · {stopped} stopped early"
     kpis = [_kpi("Trials", str(c["trials"]), summary)]
     kpis.append(_kpi("Pareto trials", str(c["front"]), f"{c['infeasible']} infeasible · {c['rejected']} rejected"))
     low = _minimize(data)
@@ -471,10 +471,12 @@ def _header_html(data: ReportData) -> str:
                      "" if ref is None else
                      f"ref. {_fmt_val(data, ref['val_accuracy'])} at ×{2 ** ref['log2_ratio']:.3g}"))
     if base is not None:
+        test = base.get("test_accuracy")
         kpis.append(_kpi("Baseline", _fmt_val(data, base["val_accuracy"]),
-                         f"{_fmt_bytes(base['reference_bytes'])} fp32"))
+                         (f"test {_fmt_val(data, test)} · " if test is not None else "")
+                         + f"{_fmt_bytes(base['reference_bytes'])} fp32"))
     meta = " · ".join(_esc(x) for x in (data.started_at and f"started {_fmt_time(data.started_at)}", data.machine,
-                                         f"wall time {_fmt_seconds(data.timing['wall_s'])}") if x)  # fmt: skip
+                                         f"running time {_fmt_seconds(data.timing['wall_s'])}") if x)  # fmt: skip
     return (f'<header><h1>compresstune report <span class="study">{_esc(data.study_name)}</span></h1>'
             f'<div class="meta">{meta}</div><div class="kpis">{"".join(kpis)}</div></header>')  # fmt: skip
 
@@ -484,32 +486,37 @@ def _table_html(data: ReportData) -> str:
     if not len(front):
         return '<p class="note">No feasible, fully fine-tuned trial yet.</p>'
     base_acc = (data.baseline or {}).get("val_accuracy", math.nan)
+    base_test = (data.baseline or {}).get("test_accuracy", math.nan)
+    base_test = math.nan if base_test is None else base_test
     extra = data.metric_names[2:]
     if _is_accuracy(data):
-        val_h, test_h, delta_h = "Val acc", "Test acc", "Δ val vs baseline"
+        val_h, test_h, delta_h, dtest_h = "Val acc", "Test acc", "Δ val vs baseline", "Δ test vs baseline"
     else:
         words = _metric_words(data)
-        val_h, test_h, delta_h = f"Val {words}", f"Test {words}", f"Δ val vs baseline ({_better(data)})"
+        val_h, test_h = f"Val {words}", f"Test {words}"
+        delta_h, dtest_h = f"Δ val vs baseline ({_better(data)})", f"Δ test vs baseline ({_better(data)})"
     head = [("Trial", "num"), ("Size (B)", "num"), ("Ratio", "num"), (val_h, "num"), (test_h, "num"),
-            (delta_h, "num"), *[(_metric_label(m), "num") for m in extra], ("KD T", "num"),
+            (delta_h, "num"), (dtest_h, "num"), *[(_metric_label(m), "num") for m in extra], ("KD T", "num"),
             ("KD α", "num"), ("Trial time", "num"), ("Export", "str")]  # fmt: skip
     rows = []
     for r in front.itertuples():
         n = int(r.number)
         kd = data.distillation.get(n, {})
         delta = float(r.val_accuracy) - base_acc if _finite(base_acc) else math.nan
+        test = float(r.test_accuracy) if r.test_accuracy is not None else math.nan
+        dtest = test - base_test if _finite(base_test) and _finite(test) else math.nan
         seed = ' <span class="tag">seed</span>' if r.seed_trial else ""
         cells = [
             (n, f"#{n}{seed}"), (r.size_bytes, _fmt_int(r.size_bytes)), (r.ratio, _fmt_ratio(r.ratio)),
             (r.val_accuracy, _fmt_val(data, r.val_accuracy)), (r.test_accuracy, _fmt_val(data, r.test_accuracy)),
-            (delta, _fmt_delta(data, delta)),
+            (delta, _fmt_delta(data, delta)), (dtest, _fmt_delta(data, dtest)),
             *[(getattr(r, f"values_{m}"), _fmt_num(getattr(r, f"values_{m}"))) for m in extra],
             (kd.get("temperature"), _fmt_num(kd.get("temperature"), ".3g")),
             (kd.get("alpha"), _fmt_num(kd.get("alpha"), ".3g")), (r.total_s, _fmt_seconds(r.total_s)),
         ]  # fmt: skip
         tds = "".join(f'<td data-sort="{_sort_key(v)}">{t}</td>' for v, t in cells)
         cmd = _esc(data.export_commands.get(n, ""))
-        rows.append(f'<tr>{tds}<td data-sort="{n}"><code class="cmd">{cmd}</code></td></tr>')
+        rows.append(f'<tr>{tds}<td class="cmd" data-sort="{n}"><code class="cmd">{cmd}</code></td></tr>')
     ths = "".join(f'<th data-type="{t}" title="Sort by {_esc(h)}">{_esc(h)}</th>' for h, t in head)
     return (f'<p class="note">Click a column header to sort. The export command writes the trial\'s compressed '
             f'model; <code>trials.csv</code> and <code>pareto.csv</code> sit next to this file.</p>'
@@ -544,12 +551,14 @@ def _run_html(data: ReportData) -> str:
         ("Started", _fmt_time(data.started_at)), ("Machine", data.machine),
     ])  # fmt: skip
     time = _dl([
-        ("Wall time", _fmt_seconds(t["wall_s"])), ("Trial time, sum", _fmt_seconds(t["trials_total_s"])),
+        ("Running time", _fmt_seconds(t["wall_s"])), ("Span, first start to last end", _fmt_seconds(t.get("span_s"))),
+        ("Trial time, sum", _fmt_seconds(t["trials_total_s"])),
         ("Per trial, mean", _fmt_seconds(t["trial_mean_s"])), ("Per trial, median", _fmt_seconds(t["trial_median_s"])),
         ("Apply, mean", _fmt_seconds(t["apply_mean_s"])), ("Fine-tune, mean", _fmt_seconds(t["finetune_mean_s"])),
         ("Evaluate, mean", _fmt_seconds(t["eval_mean_s"])),
     ])  # fmt: skip
-    counts = _dl([(k.capitalize(), v) for k, v in c.items()])
+    labels = {"stopped": "Stopped early", "pruned": "Stopped early (Optuna PRUNED, older studies)"}
+    counts = _dl([(labels.get(k, k.capitalize()), v) for k, v in c.items()])
     versions = _dl(sorted(data.versions.items()))
     config = _esc(json.dumps(s.get("config") or {}, indent=2, sort_keys=True, default=str))
     cards = "".join(f'<div class="card"><h3>{title}</h3>{body}</div>'

@@ -126,7 +126,8 @@ def test_report_data_counts_reference_baseline_and_exports(main_data, kit):
     assert data.versions["optuna"] == optuna.__version__ and data.machine == "test-box (2 cores)"
     assert data.settings["fingerprint"] == "abc123"
     assert data.distillation[2] == {"temperature": 3.0, "alpha": 0.5}
-    assert data.timing["wall_s"] == pytest.approx(235.0)
+    assert data.timing["span_s"] == pytest.approx(235.0)  # first start to last end
+    assert data.timing["wall_s"] == pytest.approx(220.0)  # time with a trial running: the idle gaps left out
     assert data.timing["trial_mean_s"] > 0
 
 
@@ -440,3 +441,22 @@ def test_a_minimised_metric_table_deltas_and_formatting(kit, monkeypatch):
     assert "+1.8<" in table  # trial 2: 21.8 - 20.0, in the metric's units
     assert "21.8" in _format._hover(data.front.iloc[0], data) and "%" not in _format._hover(data.front.iloc[0], data)
     assert not _format._acc_is_fraction(data)
+
+
+def test_running_time_leaves_out_the_gap_between_two_runs_of_a_resumed_study():
+    from compresstune.search.report._data import _running_seconds
+
+    t = pd.Timestamp("2026-01-01 10:00:00")
+    s = pd.Timedelta(seconds=1)
+    frame = pd.DataFrame({  # run 1: two overlapping trials over 0-100 s; run 2, an hour later: 50 s
+        "datetime_start": [t, t + 30 * s, t + 3700 * s],
+        "datetime_complete": [t + 60 * s, t + 100 * s, t + 3750 * s]})
+    assert _running_seconds(frame) == 150.0
+
+
+def test_the_pareto_table_has_a_test_difference_column_and_the_baseline_card_its_test_metric(study, tmp_path):
+    html = write_report(study, tmp_path).read_text()
+    assert "Δ test vs baseline" in html and "stopped early" in html and "pruned/stopped" not in html
+    base = study.user_attrs["baseline"]
+    assert f"test {100 * base['test_accuracy']:.1f}" in html or f"test {base['test_accuracy']:.4f}" in html
+    assert '<td class="cmd"' in html and "Running time" in html
