@@ -184,9 +184,10 @@ class Discovery:
 
         Example:
             >>> import torch.nn as nn
-            >>> print(discover(nn.Sequential(nn.Linear(4, 3), nn.ReLU())).table())
-            layer  kind    shape  operators                      refused
+            >>> print(discover(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))).table())
+            layer  kind    shape  operators                          refused
             0      linear  3x4    prune quantize lowrank structured  -
+            2      linear  2x3    prune quantize lowrank             structured: its channels are the model output
         """
         head = ("layer", "kind", "shape", "operators", "refused")
         rows = [(name, info.kind, "x".join(map(str, info.shape)),
