@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from compresstune.artifact import load
 from compresstune.compress import squash
 from compresstune.objectives import evaluate
+from compresstune.search._promotion import superseded
 from compresstune.search._records import metric_of
 from compresstune.search._storage import SearchError, load_study, read_pointer
 from compresstune.search.config import StudyConfig, ensure_import_paths
@@ -86,6 +87,10 @@ def export_trial(out: str | Path, number: int, output: str | Path, *, squash_to:
     if broken:
         lines.append("warning: infeasible, exported with --force: breaks "
                      + ", ".join(f"{k} by {v:.4g}" for k, v in broken.items()))
+    longer = superseded(study.get_trials(deepcopy=False)).get(number)
+    if longer is not None:
+        lines.append(f"note: trial {longer} is this plan after the longer fine-tune of its promotion, and replaces "
+                     f"it on the front: `--trial {longer}` exports that one")
     if check or squash_to:
         model, task, why = _rebuild(study, out)
         small = load(output, into=model).eval()

@@ -186,6 +186,17 @@ def test_status_counts_promotions_apart_and_a_rerun_promotes_nothing_again(promo
     assert len(load_study(out).get_trials()) == before
 
 
+def test_exporting_a_replaced_trial_points_to_its_promotion(promoted, tmp_path):
+    from compresstune.search import export_trial
+
+    study_file, _ = promoted
+    out = study_file.parent / "out"
+    source, longer = next(iter(superseded(load_study(out).get_trials()).items()))
+    text = export_trial(out, source, tmp_path / "short.ctz", force=True)
+    assert f"note: trial {longer} is this plan after the longer fine-tune" in text
+    assert "note:" not in export_trial(out, longer, tmp_path / "long.ctz", force=True)
+
+
 def test_a_redirected_run_says_which_trial_a_promotion_promotes(tmp_path, capfd):
     study_file = write_study(tmp_path, trials=2, promotion="{enabled: true, steps: 20, max_trials: 1}")
     run(load_config(study_file), progress=True, study_file=str(study_file), log=lambda m: None)
