@@ -483,6 +483,9 @@ class SensitivityConfig(_Frozen):
     refine_seeds: Int = Field(2, ge=0, le=8)
     narrow: StrictBool = False
     cliff: Num = Field(0.3, gt=0, le=1)
+    # How a seed plan is chosen: "greedy" (the planner's path) or "exact" (a multiple-choice
+    # knapsack over the same surrogate, search/_allocate.py; `compresstune plan` uses it).
+    allocator: Literal["greedy", "exact"] = "greedy"
 
     _sparsity = field_validator("sparsity")(classmethod(
         lambda cls, v: _levels("sparsity", v, lambda x: 0 < x < 1, "in (0, 1)")))
