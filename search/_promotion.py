@@ -178,10 +178,16 @@ class Promoter:
                    margin=float(margin), max_trials=p.max_trials,
                    metric_key=drop_name(settings.metric) if drop is not None else None)
 
+    planned: set[int] | None = None  # checkpoints whose round is recorded (read from the study once)
+
     def due(self, study, complete: int, target: int) -> int | None:
         """The first checkpoint reached and not planned yet, else None."""
-        done = {int(r["after"]) for r in study.user_attrs.get(PROMOTION_ROUNDS) or []}
-        return next((c for c in checkpoints(target, self.every) if c <= complete and c not in done), None)
+        marks = [c for c in checkpoints(target, self.every) if c <= complete]
+        if not marks:
+            return None
+        if self.planned is None:
+            self.planned = {int(r["after"]) for r in study.user_attrs.get(PROMOTION_ROUNDS) or []}
+        return next((c for c in marks if c not in self.planned), None)
 
     def plan_round(self, study, checkpoint: int) -> list[int]:
         """Choose this round's trials, enqueue their promotions, record the round; returns the
@@ -196,4 +202,5 @@ class Promoter:
         rounds = list(study.user_attrs.get(PROMOTION_ROUNDS) or [])
         rounds.append({"after": checkpoint, "steps": self.steps, "promoted": [t.number for t in chosen]})
         study.set_user_attr(PROMOTION_ROUNDS, rounds)
+        self.planned = {int(r["after"]) for r in rounds}
         return [t.number for t in chosen]
