@@ -202,3 +202,20 @@ def test_a_redirected_run_says_which_trial_a_promotion_promotes(tmp_path, capfd)
     run(load_config(study_file), progress=True, study_file=str(study_file), log=lambda m: None)
     err = capfd.readouterr().err
     assert "COMPLETE (promotes #" in err and ", 20 steps): val accuracy" in err
+
+
+def test_an_interrupted_promotion_is_queued_again_as_a_promotion():
+    from compresstune.search._records import Records, tally
+    from compresstune.search._storage import requeue
+
+    study = optuna.create_study(directions=DIRECTIONS)
+    study.enqueue_trial({"x": 3.0}, user_attrs={PROMOTED_FROM: 0, PROMOTION_STEPS: 800})
+    assert tally(study.get_trials()).queued_promotions == 1
+    running = study.ask({"x": FloatDistribution(0, 1000)})
+    frozen = Records(study).frozen(running)
+    Records(study).fail(frozen, "interrupted: the driver stopped while it ran", "interrupted")
+    requeue(study, frozen)
+    again = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert len(again) == 1 and again[0].user_attrs[PROMOTED_FROM] == 0
+    assert again[0].user_attrs[PROMOTION_STEPS] == 800 and again[0].user_attrs["requeued_from"] == running.number
+    assert tally(study.get_trials()).queued_promotions == 1
