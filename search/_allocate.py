@@ -38,7 +38,7 @@ import numpy as np
 from torch import nn
 
 from compresstune.errors import ConfigError
-from compresstune.search._seeds import _build_units, _LadderUnit, _params, _Sizer, estimate_bytes
+from compresstune.search._surrogate import _build_units, _LadderUnit, _params, _Sizer, estimate_bytes
 
 __all__ = ["Allocation", "allocate", "exact_seeds", "format_allocation", "plan_study", "solve"]
 
@@ -199,7 +199,7 @@ def exact_seeds(space, model: nn.Module, scan: dict, *, ratios, reference_bytes:
     """Seed trials (``sensitivity.allocator: exact``): one allocation per target ratio, as
     :func:`compresstune.search._seeds.plan_seeds` returns them (an unreachable target gives the
     most compressed plan, ``reached=False``, once)."""
-    from compresstune.search._seeds import _HEADER_SLACK, Seed
+    from compresstune.search._surrogate import _HEADER_SLACK, Seed
 
     seeds, seen = [], set()
     for target in sorted(float(r) for r in ratios):
