@@ -345,9 +345,14 @@ def _export_float(plain: nn.Module, args: tuple, kwargs: dict, opset: int, dynam
     return program.model_proto
 
 
-def session(path: str | os.PathLike, *, threads: int = 1, disable_quant_qdq: bool = False):
+def session(path: str | os.PathLike, *, threads: int = 1, disable_quant_qdq: bool = False, exact: bool = False):
     """An ONNX Runtime CPU session with the options the docs name (intra-op threads, sequential,
     all graph optimisations).
+
+    ``exact=True`` sets ``session.qdq_matmulnbits_accuracy_level`` to 0: by default ONNX Runtime fuses an
+    int4 ``DequantizeLinear`` feeding a ``MatMul`` into ``MatMulNBits`` at accuracy level 4, which
+    quantizes that product's activations to int8 on the fly (faster, but not the exported model's
+    float arithmetic); level 0 computes it in float32, which is what the export check compares.
 
     Example:
         >>> # sess = session("model.onnx", threads=2); sess.run(None, {"input": x})
@@ -362,6 +367,8 @@ def session(path: str | os.PathLike, *, threads: int = 1, disable_quant_qdq: boo
     opts.log_severity_level = 3
     if disable_quant_qdq:
         opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    if exact:
+        opts.add_session_config_entry("session.qdq_matmulnbits_accuracy_level", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
@@ -407,7 +414,7 @@ def check_outputs(model: nn.Module, path: str | os.PathLike, batches: Iterable[A
     Raises:
         ExportError: the difference is above ``tolerance`` x the output scale.
     """
-    runner = OrtModel(session(path))
+    runner = OrtModel(session(path, exact=True))
     worst, scale = 0.0, 0.0
     model.eval()
     with torch.no_grad():
