@@ -520,3 +520,56 @@ def latency_ms(path: str | os.PathLike, example_batch: Any, *, threads: int = 1,
         runner.sess.run(None, feeds)
         times.append(time.perf_counter() - start)
     return float(np.median(times) * 1e3)
+
+
+class _Calibration:
+    """ONNX Runtime's CalibrationDataReader protocol over batches (``get_next`` -> feeds or None)."""
+
+    def __init__(self, input_names: list[str], batches: Iterable[Any]) -> None:
+        self.names = input_names
+        self.batches = iter(batches)
+
+    def get_next(self):
+        batch = next(self.batches, None)
+        if batch is None:
+            return None
+        args, kwargs = model_inputs(batch)
+        feeds = {name: a for name, a in zip(self.names, args)}
+        feeds.update({k: v for k, v in kwargs.items() if k in self.names})
+        return {k: v.detach().cpu().numpy() for k, v in feeds.items()}
+
+
+def quantize_activations(weight_only: str | os.PathLike, path: str | os.PathLike, batches: Iterable[Any]) -> int:
+    """Static int8 activations (QDQ) on a weight-only export, calibrated on ``batches``.
+
+    ``weight_only`` must store every weight as int8 (``export_onnx(..., weight_dtype="int8")``):
+    ONNX Runtime's ``quantize_static`` keeps a weight whose ``DequantizeLinear`` has an explicit int8
+    zero point, so the searched codes are what runs; int4 weights have no integer kernel with int8
+    activations. Activations are uint8, per-tensor, min-max calibrated (ONNX Runtime's defaults
+    for x86-64: U8S8).
+
+    Returns:
+        The size in bytes of the file written at ``path``.
+
+    Example:
+        >>> # ct.export_onnx(small, x, "w.onnx", weight_dtype="int8")
+        >>> # quantize_activations("w.onnx", "a8.onnx", task.batches("val"))
+    """
+    require_onnx()
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    proto = onnx.load(str(weight_only))
+    int4 = [i.name for i in proto.graph.initializer if i.data_type == onnx.TensorProto.INT4]
+    if int4:
+        raise ExportError(f"int8 activations need int8 weights; {weight_only} stores {len(int4)} as int4 "
+                          f"(e.g. {int4[0]!r}): export it with weight_dtype='int8'")
+    names = [i.name for i in proto.graph.input]
+    import logging
+
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its pre-processing advice
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(str(weight_only), str(path), _Calibration(names, batches), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+    return Path(path).stat().st_size
