@@ -272,6 +272,93 @@ def _strip_trace_info(proto) -> None:
     they are most of a small model's file and nothing a runtime reads."""
     for node in proto.graph.node:
         del node.metadata_props[:]
+    del proto.graph.value_info[:]  # intermediate shapes: ONNX Runtime infers them again
+
+
+def _zero_conv_biases(plain: nn.Module) -> None:
+    """Give every convolution without a bias (except a factored layer's inner one) a zero bias: the
+    exporter otherwise builds that zero in the graph, and a BatchNorm after it could not be folded."""
+    inner = {id(m.first) for m in plain.modules() if isinstance(m, FactoredConv)}
+    for module in plain.modules():
+        if isinstance(module, nn.modules.conv._ConvNd) and module.bias is None and id(module) not in inner:
+            out = module.out_channels
+            module.bias = nn.Parameter(torch.zeros(out, dtype=module.weight.dtype, device=module.weight.device))
+
+
+def _fold_batch_norms(proto) -> int:
+    """Fold each inference ``BatchNormalization`` that alone reads a ``Conv`` into that convolution:
+    ``BN(conv(x, W, b)) = conv(x, W * f, (b - mean) * f + beta)`` with ``f = gamma / sqrt(var + eps)``
+    per output channel. A weight at its codes keeps them: ``f`` goes into its per-channel scale (the
+    quantization is per output channel too), so the file stays at the searched codes and ONNX Runtime
+    can run ``QLinearConv`` with int8 activations (a BN between a Conv and its QuantizeLinear blocks
+    that). Returns how many were folded.
+    """
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+
+    def array(name):
+        return numpy_helper.to_array(inits[name]).astype(np.float64)
+
+    def put(name, value):
+        graph.initializer.remove(inits[name])
+        inits[name] = numpy_helper.from_array(value.astype(np.float32), name)
+        graph.initializer.append(inits[name])
+
+    folded = []
+    for bn in list(graph.node):
+        if bn.op_type != "BatchNormalization" or len(bn.output) != 1 or not all(n in inits for n in bn.input[1:5]):
+            continue
+        if any(a.name == "training_mode" and a.i for a in bn.attribute):
+            continue
+        conv = producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or readers.get(bn.input[0]) != 1 or bn.input[0] in outputs:
+            continue
+        weight = conv.input[1]
+        dq = producer.get(weight)
+        if readers.get(weight) != 1:
+            continue
+        if dq is not None and dq.op_type == "DequantizeLinear":
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            target, per_axis = dq.input[1], axis == 0
+            if not per_axis or readers.get(target) != 1 or target not in inits:
+                continue
+        elif weight in inits:
+            target, per_axis = weight, True
+        else:
+            continue  # e.g. a float16 weight behind a Cast: left as it is
+        has_bias = len(conv.input) > 2 and bool(conv.input[2])
+        if has_bias and (readers.get(conv.input[2]) != 1 or conv.input[2] not in inits):
+            continue  # a bias computed in the graph: left as it is
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (array(n) for n in bn.input[1:5])
+        f = gamma / np.sqrt(var + eps)
+        scale = array(target)
+        put(target, scale * f.reshape((-1,) + (1,) * (scale.ndim - 1)))
+        if has_bias:
+            bias_name = conv.input[2]
+            put(bias_name, (array(bias_name) - mean) * f + beta)
+        else:
+            bias_name = f"{bn.output[0]}.folded_bias"
+            inits[bias_name] = numpy_helper.from_array(((-mean) * f + beta).astype(np.float32), bias_name)
+            graph.initializer.append(inits[bias_name])
+            del conv.input[2:]
+            conv.input.append(bias_name)
+        conv.output[0] = bn.output[0]
+        graph.node.remove(bn)
+        folded.append(bn)
+    used = {name for node in graph.node for name in node.input}
+    for init in list(graph.initializer):
+        if init.name not in used:
+            graph.initializer.remove(init)
+    return len(folded)
 
 
 def _int_tensor(name: str, values: np.ndarray, dtype: str):
@@ -446,7 +533,7 @@ def _check_opset(opset: int, weights: list[StoredWeight]) -> None:
 
 def export_onnx(model: nn.Module, example_batch: Any, path: str | os.PathLike, *, opset: int = INT4_OPSET,
                 weight_dtype: str = "auto", check_batches: Iterable[Any] | None = None, check: bool = True,
-                dynamic_batch: bool = True, tolerance: float = 1e-4) -> OnnxExport:
+                dynamic_batch: bool = True, tolerance: float = 1e-4, fold_batch_norm: bool = True) -> OnnxExport:
     """Export a compressed model (from :func:`compresstune.apply` or :func:`compresstune.load`) to one
     self-contained ONNX file with its weights stored at their codes, and check it in ONNX Runtime.
 
@@ -461,6 +548,8 @@ def export_onnx(model: nn.Module, example_batch: Any, path: str | os.PathLike, *
         check_batches: batches to compare ONNX Runtime with ``model`` on (default: ``example_batch``).
         check: run the comparison (max abs difference at most ``tolerance`` x the output scale).
         dynamic_batch: export the batch dimension as dynamic.
+        fold_batch_norm: fold inference BatchNorms into the convolution before them (into the scales
+            of a weight at its codes; the codes are unchanged).
 
     Returns:
         An :class:`OnnxExport`; nothing is left at ``path`` when a check fails.
@@ -483,10 +572,17 @@ def export_onnx(model: nn.Module, example_batch: Any, path: str | os.PathLike, *
     weights, notes = stored_weights(model, plain, weight_dtype=weight_dtype)
     _check_opset(opset, weights)
     _check_codes(weights, plain)
+    if fold_batch_norm:
+        _zero_conv_biases(plain)
     args, kwargs = model_inputs(example_batch)
     proto = _export_float(plain, args, kwargs, opset, dynamic_batch)
     _replace_initializers(proto, weights)
     _check_graph(proto, weights)
+    if fold_batch_norm:
+        folded = _fold_batch_norms(proto)
+        if folded:
+            notes.append(f"{folded} BatchNormalization node(s) folded into their convolutions "
+                         "(into the per-channel scales of weights stored at their codes)")
     _strip_trace_info(proto)
     onnx.checker.check_model(proto)
     path = Path(path)

@@ -215,3 +215,25 @@ def test_a_missing_extra_is_one_line_with_the_pip_command(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
     with pytest.raises(ImportError, match=r"^ONNX export needs onnxruntime: pip install 'compresstune\[onnx\]'$"):
         onnx_export.require_onnx()
+
+
+def test_batch_norms_fold_into_the_scales_and_the_codes_stay(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, bias=False),
+                          nn.BatchNorm2d(8), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    for bn in (model[1], model[4]):
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 2)
+    model.eval()
+    small = ct.apply(model, ct.CompressionPlan.uniform(model, bits=8))
+    make = lambda n: torch.randn(n, 3, 8, 8)  # noqa: E731
+    path, result = _export(small, make, tmp_path)
+    graph, produced = _ops_of(path)
+    assert "BatchNormalization" not in {n.op_type for n in graph.node}
+    assert any("2 BatchNormalization node(s) folded" in n for n in result.notes)
+    codes = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith(".codes")}
+    for w in result.weights:
+        assert (codes[f"{w.name}.codes"] == w.codes.numpy()).all()
+    _, kept = _export(small, make, tmp_path, fold_batch_norm=False)
+    assert "BatchNormalization" in {n.op_type for n in onnx.load(kept.path).graph.node}

@@ -70,3 +70,30 @@ def test_int8_activations_are_calibrated_and_judged_against_the_trial(digits: Pa
 def test_activations_need_the_onnx_format(digits: Path, tmp_path: Path, capsys) -> None:
     assert main(["export", str(digits), "--trial", "0", "--activations", "int8", "--output", str(tmp_path / "x")]) == 2
     assert "`--activations` needs --format onnx; got --format ctz." in capsys.readouterr().err
+
+
+def test_onnx_size_objective_and_budgets_are_measured_before_training(tmp_path: Path) -> None:
+    path = tmp_path / "deploy.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        name: deploy
+        model: {{factory: "studies.digits:baseline"}}
+        data: {{factory: "studies.digits:data"}}
+        objectives: [accuracy, size, onnx_size]
+        space:
+          sparsity: {{low: 0.0, high: 0.5}}
+          bits: [4, 8, 32]
+        finetune: {{steps: 5, batch_size: 32, eval_every: 5}}
+        constraints: {{max_accuracy_drop: 0.5, max_onnx_latency_ms: 1000.0, max_onnx_bytes: 60000}}
+        sensitivity: {{enabled: false}}
+        search: {{trials: 4, seed: 3, out: "{tmp_path / 'out'}"}}
+        """))
+    study, _ = run(load_config(path), progress=False, study_file=str(path), log=lambda m: None)
+    assert study.metric_names == ["val_accuracy", "size_bytes", "onnx_bytes"]
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert done
+    for t in done:
+        assert t.values[2] == t.user_attrs["onnx_bytes"] > 0
+        assert t.user_attrs["onnx_latency_ms"] > 0
+        over = t.user_attrs["onnx_bytes"] > 60000
+        assert (t.constraints["max_onnx_bytes"] > 0) == over
+        assert (t.user_attrs.get("rejected") == "budget") == over
