@@ -97,3 +97,6 @@ def test_onnx_size_objective_and_budgets_are_measured_before_training(tmp_path: 
         over = t.user_attrs["onnx_bytes"] > 60000
         assert (t.constraints["max_onnx_bytes"] > 0) == over
         assert (t.user_attrs.get("rejected") == "budget") == over
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "ONNX file size (bytes)" in html and "ONNX Runtime ms" in html
+    assert "--format onnx --output trial_" in html and ".ctz" in html
