@@ -32,7 +32,8 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,8 @@ from compresstune.factored import FactoredConv, FactoredEmbedding, FactoredLinea
 from compresstune.ops.layout import from_rows
 from compresstune.ops.quantize import quantize_codes
 
-__all__ = ["OnnxExport", "StoredWeight", "export_onnx", "model_inputs", "OrtModel", "require_onnx"]
+__all__ = ["OnnxExport", "OrtModel", "StoredWeight", "check_outputs", "export_onnx", "latency_ms", "model_inputs",
+           "quantize_activations", "require_onnx", "session", "stored_weights"]
 
 INT4_OPSET = 21
 WEIGHT_DTYPES = ("auto", "int8")

@@ -128,7 +128,7 @@ def test_factored_layers_are_two_products_each_quantized(kind, tmp_path):
     small = ct.apply(model, ct.CompressionPlan.uniform(model, bits=4, sparsity=0.2, rank_fraction=0.4))
     factored = [n for n, lp in ct.plan_of(small).layers.items() if lp.rank]
     assert factored
-    path, result = _export(small, make, tmp_path)
+    _, result = _export(small, make, tmp_path)
     names = {w.name for w in result.weights if w.dtype == "int4"}
     for layer in factored:
         if any(layer in note for note in result.notes):
@@ -149,7 +149,7 @@ def test_structured_pruning_exports_physically_smaller_layers(tmp_path):
     model = _mlp().eval()
     plan = ct.CompressionPlan.uniform(model, bits=8, sparsity=0.5, structured=True)
     small = ct.apply(model, plan)
-    path, result = _export(small, MODELS["linear"][1], tmp_path)
+    path, _ = _export(small, MODELS["linear"][1], tmp_path)
     graph, _ = _ops_of(path)
     codes = {i.name: tuple(i.dims) for i in graph.initializer if i.name.endswith(".codes")}
     assert codes["0.weight.codes"][0] == 16 and codes["2.weight.codes"] == (16, 16)
@@ -229,7 +229,7 @@ def test_batch_norms_fold_into_the_scales_and_the_codes_stay(tmp_path):
     small = ct.apply(model, ct.CompressionPlan.uniform(model, bits=8))
     make = lambda n: torch.randn(n, 3, 8, 8)  # noqa: E731
     path, result = _export(small, make, tmp_path)
-    graph, produced = _ops_of(path)
+    graph, _ = _ops_of(path)
     assert "BatchNormalization" not in {n.op_type for n in graph.node}
     assert any("2 BatchNormalization node(s) folded" in n for n in result.notes)
     codes = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith(".codes")}
