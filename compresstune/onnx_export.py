@@ -278,11 +278,11 @@ def _strip_trace_info(proto) -> None:
 
 
 def _zero_conv_biases(plain: nn.Module) -> None:
-    """Give every convolution without a bias (except a factored layer's inner one) a zero bias: the
-    exporter otherwise builds that zero in the graph, and a BatchNorm after it could not be folded."""
-    inner = {id(m.first) for m in plain.modules() if isinstance(m, FactoredConv)}
+    """Give every convolution without a bias a zero bias (out_channels float32 zeros): the exporter
+    otherwise builds that zero in the graph, a BatchNorm after it could not be folded, and for a 3-D
+    convolution ONNX Runtime rejected the built bias's shape."""
     for module in plain.modules():
-        if isinstance(module, nn.modules.conv._ConvNd) and module.bias is None and id(module) not in inner:
+        if isinstance(module, nn.modules.conv._ConvNd) and module.bias is None:
             out = module.out_channels
             module.bias = nn.Parameter(torch.zeros(out, dtype=module.weight.dtype, device=module.weight.device))
 
@@ -574,8 +574,7 @@ def export_onnx(model: nn.Module, example_batch: Any, path: str | os.PathLike, *
     weights, notes = stored_weights(model, plain, weight_dtype=weight_dtype)
     _check_opset(opset, weights)
     _check_codes(weights, plain)
-    if fold_batch_norm:
-        _zero_conv_biases(plain)
+    _zero_conv_biases(plain)
     args, kwargs = model_inputs(example_batch)
     proto = _export_float(plain, args, kwargs, opset, dynamic_batch)
     _replace_initializers(proto, weights)

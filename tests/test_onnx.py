@@ -62,6 +62,26 @@ class Recurrent(nn.Module):
         return self.head(self.rnn(x)[0][:, -1])
 
 
+class Attention(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True, dropout=0.0)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.head(self.block(x).mean(1))
+
+
+class Volume(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(2, 4, 3)
+        self.up = nn.ConvTranspose3d(4, 3, 2, stride=2)
+
+    def forward(self, x):
+        return self.up(torch.relu(self.conv(x)))
+
+
 def _mlp():
     return nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
 
@@ -79,6 +99,8 @@ MODELS = {
     "transposed_linear": (_conv1d_transformers, lambda n: torch.randn(n, 10)),
     "lstm": (lambda: Recurrent(nn.LSTM), lambda n: torch.randn(n, 5, 6)),
     "gru": (lambda: Recurrent(nn.GRU), lambda n: torch.randn(n, 5, 6)),
+    "attention": (Attention, lambda n: torch.randn(n, 5, 16)),
+    "conv3d": (Volume, lambda n: torch.randn(n, 2, 5, 5, 5)),
 }
 
 
@@ -120,7 +142,7 @@ def test_every_kind_and_width_is_stored_at_its_codes_and_runs_in_onnx_runtime(ki
     assert any(w.dtype == want for w in result.weights)
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv", "conv_transpose", "embedding", "transposed_linear"])
+@pytest.mark.parametrize("kind", ["linear", "conv", "conv_transpose", "embedding", "transposed_linear", "conv3d"])
 def test_factored_layers_are_two_products_each_quantized(kind, tmp_path):
     torch.manual_seed(1)
     build, make = MODELS[kind]
@@ -134,6 +156,15 @@ def test_factored_layers_are_two_products_each_quantized(kind, tmp_path):
         if any(layer in note for note in result.notes):
             continue
         assert {f"{layer}.first.weight", f"{layer}.second.weight"} <= names
+
+
+def test_a_factored_recurrent_weight_is_float32_and_says_so(tmp_path):
+    model = Recurrent(nn.LSTM).eval()
+    plan = ct.CompressionPlan.uniform(model, bits=4, rank_fraction=0.25, layers=["rnn"])
+    small = ct.apply(model, plan)
+    _, result = _export(small, MODELS["lstm"][1], tmp_path)
+    assert {w.dtype for w in result.weights} == {"float32"}
+    assert any("factored weight stored as one float32 matrix" in n for n in result.notes)
 
 
 def test_a_grouped_transposed_conv_falls_back_to_float32_and_says_so(tmp_path):
