@@ -268,3 +268,14 @@ def test_batch_norms_fold_into_the_scales_and_the_codes_stay(tmp_path):
         assert (codes[f"{w.name}.codes"] == w.codes.numpy()).all()
     _, kept = _export(small, make, tmp_path, fold_batch_norm=False)
     assert "BatchNormalization" in {n.op_type for n in onnx.load(kept.path).graph.node}
+
+
+def test_importing_compresstune_loads_no_onnx_package():
+    import subprocess
+    import sys
+
+    code = ("import sys, compresstune, compresstune.onnx_export, compresstune.objectives; "
+            "print([m for m in ('onnx', 'onnxruntime', 'onnxscript') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
