@@ -490,7 +490,7 @@ def _flat_output(out: Any) -> torch.Tensor:
     out = logits_of(out)
     if isinstance(out, (tuple, list)):
         out = out[0]
-    return out.detach().float()
+    return out.detach().float().cpu()
 
 
 def check_outputs(model: nn.Module, path: str | os.PathLike, batches: Iterable[Any], *, tolerance: float = 1e-4
@@ -567,9 +567,21 @@ def export_onnx(model: nn.Module, example_batch: Any, path: str | os.PathLike, *
     if weight_dtype not in WEIGHT_DTYPES:
         raise ExportError(f"`weight_dtype` must be one of {', '.join(WEIGHT_DTYPES)}; got {weight_dtype!r}.")
     require_onnx()
+    was_training = model.training
+    model.eval()
+    try:
+        return _export_checked(model, example_batch, Path(path), opset=opset, weight_dtype=weight_dtype,
+                               check_batches=check_batches, check=check, dynamic_batch=dynamic_batch,
+                               tolerance=tolerance, fold_batch_norm=fold_batch_norm)
+    finally:
+        model.train(was_training)
+
+
+def _export_checked(model: nn.Module, example_batch: Any, path: Path, *, opset: int, weight_dtype: str,
+                    check_batches, check: bool, dynamic_batch: bool, tolerance: float,
+                    fold_batch_norm: bool) -> OnnxExport:
     import onnx
 
-    model = model.eval()
     plain = squash(model).eval()
     weights, notes = stored_weights(model, plain, weight_dtype=weight_dtype)
     _check_opset(opset, weights)
@@ -586,7 +598,6 @@ def export_onnx(model: nn.Module, example_batch: Any, path: str | os.PathLike, *
                          "(into the per-channel scales of weights stored at their codes)")
     _strip_trace_info(proto)
     onnx.checker.check_model(proto)
-    path = Path(path)
     onnx.save_model(proto, str(path), save_as_external_data=False)
     result = OnnxExport(str(path), path.stat().st_size, weights, notes)
     if check:
