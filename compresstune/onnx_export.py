@@ -106,12 +106,15 @@ class OnnxExport:
     max_abs_diff: float | None = None
     output_scale: float | None = None
 
-    def summary(self) -> str:
+    def stored(self) -> str:
+        """How the compressed weights are stored, e.g. ``"3 int4, 1 int8"``."""
         counts: dict[str, int] = {}
         for w in self.weights:
             counts[w.dtype] = counts.get(w.dtype, 0) + 1
-        stored = ", ".join(f"{n} {d}" for d, n in sorted(counts.items())) or "no compressed weights"
-        lines = [f"onnx: {self.path} ({self.size_bytes:,} bytes; weights stored as {stored})"]
+        return ", ".join(f"{n} {d}" for d, n in sorted(counts.items())) or "no compressed weights"
+
+    def summary(self) -> str:
+        lines = [f"onnx: {self.path} ({self.size_bytes:,} bytes; weights stored as {self.stored()})"]
         if self.max_abs_diff is not None:
             lines.append(f"checked in ONNX Runtime (CPU): max abs difference {self.max_abs_diff:.3g} "
                          f"(output scale {self.output_scale:.3g})")
