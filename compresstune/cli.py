@@ -1,4 +1,4 @@
-"""The ``compresstune`` command: run | report | export | status | sensitivity.
+"""The ``compresstune`` command: run | report | export | status | finetune | discover | sensitivity | plan.
 
 Failures exit non-zero with a one-line reason (``compresstune: error: ...``).
 """
@@ -64,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     sen.add_argument("study", help="study YAML file, e.g. studies/digits.yaml")
     sen.add_argument("--out", help="output folder (default: the study's search.out)")
     sen.add_argument("--force", action="store_true", help="scan again even when the cached scan matches")
+
+    pla = sub.add_parser("plan", help="the plan for a size budget, by exact allocation over the sensitivity scan "
+                                      "(no training)")
+    pla.add_argument("study", help="study YAML file, e.g. studies/digits.yaml")
+    budget = pla.add_mutually_exclusive_group(required=True)
+    budget.add_argument("--ratio", type=float, help="times smaller than the float32 model, e.g. 32")
+    budget.add_argument("--max-size", type=int, help="packed size budget in bytes")
+    pla.add_argument("--out", help="output folder (default: the study's search.out; the scan is cached there)")
     return p
 
 
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return {"run": _run, "report": _report, "export": _export, "status": _status,
-                "sensitivity": _sensitivity, "discover": _discover,
+                "sensitivity": _sensitivity, "discover": _discover, "plan": _plan,
                 "finetune": _finetune}[args.command](args)
     except KeyboardInterrupt:
         print("compresstune: interrupted; nothing is left RUNNING. Run the same command again to resume.",
@@ -170,6 +178,18 @@ def _sensitivity(args) -> int:
     table, path, cached = scan_study(config, force=args.force, log=lambda m: print(m, file=sys.stderr))
     print(format_table(table))
     print(f"\nsensitivity: {path}{' (cached)' if cached else ''}")
+    return 0
+
+
+def _plan(args) -> int:
+    from compresstune.search._allocate import format_allocation, plan_study
+    from compresstune.search.config import ensure_import_paths, load_config
+
+    ensure_import_paths(args.study)
+    config = load_config(args.study, **({"out": args.out} if args.out else {}))
+    alloc, space = plan_study(config, ratio=args.ratio, max_bytes=args.max_size,
+                              log=lambda m: print(m, file=sys.stderr))
+    print(format_allocation(alloc, space))
     return 0
 
 

@@ -294,7 +294,8 @@ def run(config: StudyConfig | str | os.PathLike | torch.nn.Module, task: Task | 
         name: str | None = None, space: dict | None = None, objectives: list | None = None,
         finetune: dict | None = None, constraints: dict | None = None, activation_bits: int | None = None,
         latency: dict | None = None, resources: dict | None = None, search: dict | None = None,
-        sensitivity: dict | None = None, early_stopping: dict | None = None, trials: int | None = None,
+        sensitivity: dict | None = None, early_stopping: dict | None = None, promotion: dict | None = None,
+        trials: int | None = None,
         out: str | os.PathLike | None = None, sampler: str | None = None, seed: int | None = None,
         workers: int | None = None, address: str | None = None, storage: str | None = None,
         max_failures: int | None = None, new_study: bool = False, progress: bool = True,
@@ -330,7 +331,8 @@ def run(config: StudyConfig | str | os.PathLike | torch.nn.Module, task: Task | 
         check_task(task, model)  # a wrong type fails before any storage is touched
         sections = {"space": space, "objectives": objectives, "finetune": finetune, "constraints": constraints,
                     "activation_bits": activation_bits, "latency": latency, "resources": resources, "search": search,
-                    "sensitivity": sensitivity, "early_stopping": early_stopping}
+                    "sensitivity": sensitivity, "early_stopping": early_stopping,
+                    "promotion": promotion}
         shortcuts = {"trials": trials, "out": out, "sampler": sampler, "seed": seed, "workers": workers,
                      "address": address, "storage": storage, "max_failures": max_failures}
         config = config_from_sections(name, sections, shortcuts)

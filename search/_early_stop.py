@@ -290,9 +290,10 @@ class TrialHooks:
         rule, table = session_stopping(session) or (None, None)
         return cls(budgets=Budgets.from_config(session.config), rule=rule, table=table)
 
-    def run(self, trial, plan, ctx: TrialContext) -> TrialOutcome:
-        """Run one asked Optuna trial (the driver records the outcome)."""
-        on_rung = self._on_rung(trial) if self.rule is not None else None
+    def run(self, trial, plan, ctx: TrialContext, *, stop: bool = True) -> TrialOutcome:
+        """Run one asked Optuna trial (the driver records the outcome); ``stop=False`` runs it
+        to the end whatever the stop rule says (a promoted trial)."""
+        on_rung = self._on_rung(trial) if self.rule is not None and stop else None
         outcome = run_checked(plan, ctx, budgets=self.budgets, on_rung=on_rung)
         rung = outcome.user_attrs.get("stopped_at_rung") if outcome.state == "complete" else None
         if rung is not None:

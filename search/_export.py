@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from compresstune.artifact import load
 from compresstune.compress import squash
 from compresstune.objectives import evaluate
+from compresstune.search._promotion import superseded
 from compresstune.search._records import metric_of
 from compresstune.search._storage import SearchError, load_study, read_pointer
 from compresstune.search.config import StudyConfig, ensure_import_paths
@@ -167,6 +168,10 @@ def export_trial(out: str | Path, number: int, output: str | Path, *, squash_to:
     if broken:
         lines.append("warning: infeasible, exported with --force: breaks "
                      + ", ".join(f"{k} by {v:.4g}" for k, v in broken.items()))
+    longer = superseded(study.get_trials(deepcopy=False)).get(number)
+    if longer is not None:
+        lines.append(f"note: trial {longer} is this plan after the longer fine-tune of its promotion, and replaces "
+                     f"it on the front: `--trial {longer}` exports that one")
     if check or squash_to:
         model, task, why = _rebuild(study, out)
         small = load(output, into=model).eval()
@@ -209,14 +214,19 @@ def status_text(study: optuna.Study, out: Path) -> str:
     by_state = {s.name: sum(t.state == s for t in trials) for s in TrialState}
     # The latest run's own target (`--trials` included); older studies: the study file's.
     wanted = study.user_attrs.get("target_trials") or study.user_attrs.get("config", {}).get("search", {}).get("trials")
-    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    every = [t for t in trials if t.state == TrialState.COMPLETE]
+    promoted = [t for t in every if t.user_attrs.get("promoted_from") is not None]
+    done = [t for t in every if t.user_attrs.get("promoted_from") is None]
     kinds = [(sum(t.user_attrs.get("stopped_at_rung") is not None for t in done), "stopped early"),
              (sum(t.user_attrs.get("rejected") == "budget" for t in done), "over a budget, not fine-tuned"),
              (sum(bool(t.user_attrs.get("seed_trial")) for t in done), "seed trials")]
     among = ", ".join(f"{n} {what}" for n, what in kinds if n)
+    steps = sorted({int(t.user_attrs.get("promotion_steps", 0)) for t in promoted})
+    longer = (f", {len(promoted)} promoted to a longer fine-tune ({'/'.join(map(str, steps))} steps; each "
+              "replaces its short trial on the front)") if promoted else ""
     head = (f"study {study.study_name!r} in {pointer.storage}\n"
-            f"trials: {by_state['COMPLETE']} complete" + (f" of {wanted}" if wanted else "") +
-            (f" ({among})" if among else "") +
+            f"trials: {len(done)} complete" + (f" of {wanted}" if wanted else "") +
+            (f" ({among})" if among else "") + longer +
             f", {by_state['FAIL']} failed, {by_state['RUNNING']} running, {by_state['WAITING']} queued")
     table = front(study)
     cols = [c for c in ("number", "val_accuracy", "test_accuracy", "size_bytes", "ratio") if c in table.columns]
@@ -225,7 +235,9 @@ def status_text(study: optuna.Study, out: Path) -> str:
     body = shown.to_string(index=False) if len(table) else "(no feasible Pareto-optimal trial yet)"
     head += f"\nmetric: {metric} ({'higher' if direction == 'maximize' else 'lower'} is better)"
     cmd = optuna_command(study.study_name, pointer.storage)
-    return f"{head}\n\nPareto front (feasible):\n{body}\n\nSame set with Optuna's own CLI:\n  {cmd}"
+    same = ("Optuna's own CLI (its list also keeps the short trials that promotions replace)" if promoted
+            else "Same set with Optuna's own CLI")
+    return f"{head}\n\nPareto front (feasible):\n{body}\n\n{same}:\n  {cmd}"
 
 
 def optuna_command(study_name: str, storage: str) -> str:

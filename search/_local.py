@@ -44,7 +44,7 @@ def run_one(loop: TrialLoop, hooks: TrialHooks, trial, plan) -> None:
     where = worker_info()
     t0 = time.perf_counter()
     try:
-        outcome = hooks.run(trial, plan, loop.session.context)
+        outcome = hooks.run(trial, plan, loop.context_for(KEY), stop=not loop.is_promotion(KEY))
     except KeyboardInterrupt:
         loop.interrupt(KEY, INTERRUPTED_BY_USER)
         raise

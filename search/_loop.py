@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -25,12 +26,13 @@ from typing import Any, Hashable
 import optuna
 
 from compresstune.search._progress import Progress
+from compresstune.search._promotion import PROMOTED_FROM, Promoter, promotion_steps
 from compresstune.search._records import (FAIL_KIND, FAIL_REASON, FrontCache, Records, Tally, last_failure,
                                           tally)
 from compresstune.search._seeds import SeedRefiner
 from compresstune.search._session import Session
 from compresstune.search._storage import SearchError, repair_interrupted, requeue
-from compresstune.search._trial import TrialOutcome, failed, failed_from
+from compresstune.search._trial import TrialContext, TrialOutcome, failed, failed_from, with_steps
 
 __all__ = ["ASK", "FINISHED", "INTERRUPTED_BY_STOP", "INTERRUPTED_BY_USER", "WAIT", "TrialLoop",
            "too_many_failures"]
@@ -73,6 +75,8 @@ class TrialLoop:
         self.progress = progress
         self.bar: Progress | None = None  # drawn while running()
         self.refiner = SeedRefiner(session)
+        self.promoter = Promoter.for_session(session)  # None unless `promotion.enabled`
+        self.promoting: dict[Hashable, tuple[int, int]] = {}  # live promoted trials -> (steps, short trial)
 
     # -- where the loop stands ----------------------------------------------------------------
     @property
@@ -94,18 +98,44 @@ class TrialLoop:
 
     def next_step(self) -> str:
         """``ASK`` another trial, ``WAIT`` (enough in flight), or ``FINISHED``
-        (``search.trials`` COMPLETE, or too many failures: then :attr:`error` is set)."""
+        (``search.trials`` COMPLETE and every promotion run, or too many failures: then
+        :attr:`error` is set). A promotion round that is due is planned here."""
         if self.error is not None:
             return FINISHED
         self.refresh()
-        if self.complete >= self.target:
-            return FINISHED
+        self._plan_promotions()
+        queued = self.counts.queued_promotions
+        if self.complete >= self.target and not queued:
+            return WAIT if self.promoting else FINISHED
         if self.failed >= self.max_failures:
             self.error = SearchError(too_many_failures(self.study, self.failed))
             return FINISHED
-        if self.complete + len(self.live) >= self.target:
+        if queued:
+            return ASK
+        if self.complete + len(self.live) - len(self.promoting) >= self.target:
             return WAIT
         return ASK
+
+    def _plan_promotions(self) -> None:
+        if self.promoter is None:
+            return
+        checkpoint = self.promoter.due(self.study, self.complete, self.target)
+        if checkpoint is None:
+            return
+        promoted = self.promoter.plan_round(self.study, checkpoint)
+        self.counts = dataclasses.replace(self.counts, queued_promotions=self.counts.queued_promotions + len(promoted))
+        which = ", ".join(f"#{n}" for n in promoted) or "none"
+        self.session.log(f"promotion after {checkpoint} trials: {which} "
+                         f"({self.promoter.steps} fine-tune steps each)")
+
+    def context_for(self, key: Hashable) -> TrialContext:
+        """The trial context of the trial in flight under ``key``: a promoted trial's has its
+        longer fine-tune."""
+        ctx = self.session.context
+        return ctx if key not in self.promoting else with_steps(ctx, self.promoting[key][0])
+
+    def is_promotion(self, key: Hashable) -> bool:
+        return key in self.promoting
 
     # -- one trial --------------------------------------------------------------------------------
     def ask(self, key: Hashable):
@@ -115,6 +145,7 @@ class TrialLoop:
         self.refiner.step(room=self.target - self.complete - len(self.live))
         trial = self.study.ask()
         self.live[key] = trial  # from here on an interruption finds it
+        self._note_promotion(key, trial)
         self.records.write(trial, {"driver": self.session.driver})
         try:
             with self.records.batched_params(trial):
@@ -127,6 +158,16 @@ class TrialLoop:
             self.record(key, failed_from(exc, "space"))
             return None
         return trial, plan
+
+    def _note_promotion(self, key: Hashable, trial) -> None:
+        if self.promoter is None:
+            return
+        attrs = trial.user_attrs
+        steps = promotion_steps(attrs)
+        if steps is not None:
+            self.promoting[key] = (steps, int(attrs[PROMOTED_FROM]))
+            self.counts = dataclasses.replace(self.counts,
+                                              queued_promotions=max(0, self.counts.queued_promotions - 1))
 
     def _finish_suggest(self, trial) -> None:
         """An interrupt inside ``space.suggest`` leaves the trial with part of its
@@ -147,20 +188,25 @@ class TrialLoop:
         if outcome.state == "complete":
             self.records.write(trial, attrs, outcome.constraints)
             self.study.tell(trial, outcome.values)
-            self.front.add_values(trial.number, outcome.values, outcome.constraints)
-            self.counts = Tally(self.counts.complete + 1, self.counts.failed, self.counts.running,
-                                self.counts.interrupted)
+            if key in self.promoting:  # it replaces its short trial: count the front again
+                self.front = FrontCache(self.study.directions)
+                self.front.add_trials(self.study.get_trials(deepcopy=False))
+                self.counts = dataclasses.replace(self.counts, promoted=self.counts.promoted + 1)
+            else:
+                self.front.add_values(trial.number, outcome.values, outcome.constraints)
+                self.counts = dataclasses.replace(self.counts, complete=self.counts.complete + 1)
         else:
             kind = outcome.fail_kind or "error"
             attrs.update({FAIL_REASON: outcome.fail_reason or "unknown", FAIL_KIND: kind})
             self.records.write(trial, attrs)
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             interrupted = kind == "interrupted"
-            self.counts = Tally(self.counts.complete, self.counts.failed + (not interrupted), self.counts.running,
-                                self.counts.interrupted + interrupted)
+            self.counts = dataclasses.replace(self.counts, failed=self.counts.failed + (not interrupted),
+                                              interrupted=self.counts.interrupted + interrupted)
         self.live.pop(key, None)
+        promoted = self.promoting.pop(key, None)
         self._show()
-        self._line(trial.number, outcome)
+        self._line(trial.number, outcome, promoted and f"promotes #{promoted[1]}, {promoted[0]} steps")
         if self.failed >= self.max_failures and self.complete < self.target and self.error is None:
             self.error = SearchError(too_many_failures(self.study, self.failed))
 
@@ -221,7 +267,7 @@ class TrialLoop:
             self.bar.close()
             self.bar = None
 
-    def _line(self, number: int, outcome: TrialOutcome) -> None:
+    def _line(self, number: int, outcome: TrialOutcome, note: str | None = None) -> None:
         if self.bar is None:
             return
         attrs = outcome.user_attrs
@@ -229,10 +275,10 @@ class TrialLoop:
         if outcome.state == "complete":
             self.bar.trial(number, "COMPLETE", metric=self.session.context.settings.metric, value=outcome.values[0],
                            size_bytes=attrs.get("size_bytes", outcome.values[1]), ratio=attrs.get("ratio", 0.0),
-                           seconds=seconds, complete=self.complete, front=len(self.front))
+                           seconds=seconds, complete=self.complete, front=len(self.front), note=note)
         else:
             self.bar.trial(number, "FAIL", reason=outcome.fail_reason, seconds=seconds, complete=self.complete,
-                           front=len(self.front))
+                           front=len(self.front), note=note)
 
     def _show(self) -> None:
         if self.bar is not None:

@@ -26,7 +26,7 @@ __all__ = ["MODEL_FILE", "TASK_FILE", "config_from_sections", "load_saved", "sav
 MODEL_FILE = "model.pt"
 TASK_FILE = "task.pt"
 SECTIONS = ("space", "objectives", "finetune", "constraints", "activation_bits", "latency", "resources", "search",
-            "sensitivity", "early_stopping")
+            "sensitivity", "early_stopping", "promotion")
 SHORTCUTS = ("trials", "out", "sampler", "seed", "workers", "address", "storage", "max_failures")
 
 

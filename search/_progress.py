@@ -53,8 +53,9 @@ class Progress:
 
     def trial(self, number: int, state: str, *, metric: str = "accuracy", value: float | None = None,
               size_bytes: float | None = None, ratio: float | None = None, seconds: float | None = None,
-              reason: str | None = None, complete: int = 0, front: int = 0) -> None:
-        """One line for a finished trial (line mode only; the bar shows the counts)."""
+              reason: str | None = None, complete: int = 0, front: int = 0, note: str | None = None) -> None:
+        """One line for a finished trial (line mode only; the bar shows the counts); ``note``
+        goes in brackets after the state (a promoted trial says which one it promotes)."""
         if not self.lines:
             return
         if state == "COMPLETE":
@@ -62,7 +63,8 @@ class Progress:
         else:
             what = (reason or "no reason recorded").splitlines()[0][:160]
         took = f", {seconds:.1f} s" if seconds is not None else ""
-        print(f"trial {number} {state}: {what}{took} · {complete}/{self.total} complete, front {front}",
+        note = f" ({note})" if note else ""
+        print(f"trial {number} {state}{note}: {what}{took} · {complete}/{self.total} complete, front {front}",
               file=self.stream, flush=True)
 
     def close(self) -> None:

@@ -67,6 +67,7 @@ NARROWING = "narrowing"
 SEED_TRIALS = "seed_trials"
 SEED_REFINEMENT = "seed_refinement"
 SEED_SECONDS = "seed_seconds"
+PROMOTION_ROUNDS = "promotion_rounds"
 
 STUDY_KEYS: dict[str, tuple[str, str]] = {
     SCHEMA_KEY: ("int", "version of this record schema (absent: 1)"),
@@ -93,6 +94,8 @@ STUDY_KEYS: dict[str, tuple[str, str]] = {
     SEED_TRIALS: ("list[dict]", "planned seed trials: target ratio, ratio, size, predicted drop, round"),
     SEED_REFINEMENT: ("dict", "targets of the second round of seed trials"),
     SEED_SECONDS: ("float", "seconds spent planning the seed trials"),
+    PROMOTION_ROUNDS: ("list[dict]", "promotion rounds planned: `after` (COMPLETE trials), `steps`, `promoted` "
+                                     "(the short trials' numbers)"),
 }
 
 # -- trial keys ---------------------------------------------------------------------------------
@@ -122,6 +125,8 @@ SEED_TARGET_RATIO = "seed_target_ratio"
 SEED_RATIO = "seed_ratio"
 SEED_PREDICTED_DROP = "seed_predicted_drop"
 SEED_ROUND = "seed_round"
+PROMOTED_FROM = "promoted_from"
+PROMOTION_STEPS = "promotion_steps"
 
 TRIAL_KEYS: dict[str, tuple[str, str]] = {
     DRIVER: ("str", "`host:output folder` of the driver that asked the trial (its RUNNING trials are its own)"),
@@ -152,6 +157,9 @@ TRIAL_KEYS: dict[str, tuple[str, str]] = {
     SEED_RATIO: ("float", "the ratio the seed plan reaches (packed size)"),
     SEED_PREDICTED_DROP: ("float", "the scan's predicted accuracy drop of the seed plan"),
     SEED_ROUND: ("int", "1: from the scan; 2: bisected between seeds"),
+    PROMOTED_FROM: ("int", "a promoted trial: the short trial whose plan it fine-tunes longer (it replaces that "
+                           "trial on the front)"),
+    PROMOTION_STEPS: ("int", "a promoted trial: its fine-tune steps (`promotion.steps`)"),
 }
 
 FAIL_KINDS = ("error", "memory", "worker", "space", "interrupted")
@@ -212,12 +220,16 @@ def is_interrupted(trial) -> bool:
 
 @dataclass(frozen=True)
 class Tally:
-    """How a study's trials stand: COMPLETE, FAIL (interruptions not counted), RUNNING, interrupted."""
+    """How a study's trials stand: COMPLETE, FAIL (interruptions not counted), RUNNING, interrupted;
+    promotions (search/_promotion.py) apart: COMPLETE ones in ``promoted``, queued ones in
+    ``queued_promotions``, never in ``complete``."""
 
     complete: int = 0
     failed: int = 0
     running: int = 0
     interrupted: int = 0
+    promoted: int = 0
+    queued_promotions: int = 0
 
 
 def tally(trials: Iterable[Any]) -> Tally:
@@ -227,9 +239,13 @@ def tally(trials: Iterable[Any]) -> Tally:
         >>> tally([]).complete
         0
     """
-    complete = failed = running = interrupted = 0
+    complete = failed = running = interrupted = promoted = queued = 0
     for t in trials:
-        if t.state == TrialState.COMPLETE:
+        promotion = (t.user_attrs or {}).get(PROMOTED_FROM) is not None
+        if promotion and t.state in (TrialState.COMPLETE, TrialState.WAITING):
+            promoted += t.state == TrialState.COMPLETE
+            queued += t.state == TrialState.WAITING
+        elif t.state == TrialState.COMPLETE:
             complete += 1
         elif t.state == TrialState.RUNNING:
             running += 1
@@ -238,7 +254,7 @@ def tally(trials: Iterable[Any]) -> Tally:
                 interrupted += 1
             else:
                 failed += 1
-    return Tally(complete, failed, running, interrupted)
+    return Tally(complete, failed, running, interrupted, promoted, queued)
 
 
 def last_failure(trials: Iterable[Any]) -> str:
@@ -267,9 +283,13 @@ class FrontCache:
         return len(self.points)
 
     def add_trials(self, trials: Iterable[Any]) -> None:
-        """Add the COMPLETE trials not seen yet (a refresh from the storage)."""
+        """Add the COMPLETE trials not seen yet (a refresh from the storage), leaving out short
+        trials that a COMPLETE promotion replaces."""
+        trials = list(trials)
+        gone = {int(t.user_attrs[PROMOTED_FROM]) for t in trials
+                if t.state == TrialState.COMPLETE and (t.user_attrs or {}).get(PROMOTED_FROM) is not None}
         for t in trials:
-            if t.number in self.seen or t.state != TrialState.COMPLETE:
+            if t.number in self.seen or t.state != TrialState.COMPLETE or t.number in gone:
                 continue
             self.seen.add(t.number)
             if _feasible(t) and t.values is not None:

@@ -41,6 +41,7 @@ __all__ = [
     "EarlyStoppingConfig",
     "FactorySpec",
     "FinetuneConfig",
+    "PromotionConfig",
     "FloatRange",
     "GroupConfig",
     "LatencyConfig",
@@ -488,6 +489,9 @@ class SensitivityConfig(_Frozen):
     refine_seeds: Int = Field(2, ge=0, le=8)
     narrow: StrictBool = False
     cliff: Num = Field(0.3, gt=0, le=1)
+    # How a seed plan is chosen: "greedy" (the planner's path) or "exact" (a multiple-choice
+    # knapsack over the same surrogate, search/_allocate.py; `compresstune plan` uses it).
+    allocator: Literal["greedy", "exact"] = "greedy"
 
     _sparsity = field_validator("sparsity")(classmethod(
         lambda cls, v: _levels("sparsity", v, lambda x: 0 < x < 1, "in (0, 1)")))
@@ -528,6 +532,35 @@ class EarlyStoppingConfig(_Frozen):
     grace: Num = Field(0.25, ge=0, le=1)
 
 
+class PromotionConfig(_Frozen):
+    """Promotion to a longer fine-tune: the multi-fidelity half of successive halving.
+
+    Every trial fine-tunes ``finetune.steps``, a budget that ranks plans. A
+    promotion round picks the plans on the first ``ranks`` Pareto layers of the
+    study so far (feasible, fully fine-tuned trials), and those rejected by the
+    metric constraint alone by at most ``margin`` (in the metric's units;
+    default half the allowed drop) that no feasible trial dominates, at most
+    ``max_trials`` of them, the smallest first. Each is run again as a trial of
+    its own, linked to the short one (``promoted_from``), fine-tuned from its
+    plan for ``steps`` (default 4x ``finetune.steps``) with the same
+    distillation settings and no early stopping. A promoted trial replaces its
+    short one on the front and in the hypervolume. A round runs after the
+    search, and every ``every`` COMPLETE trials when set; promoted trials do
+    not count against ``search.trials``.
+
+    Example:
+        >>> PromotionConfig(enabled=True).ranks
+        1
+    """
+
+    enabled: StrictBool = False
+    steps: Int | None = Field(None, ge=1)
+    every: Int | None = Field(None, ge=1)
+    ranks: Int = Field(1, ge=1)
+    margin: Num | None = Field(None, ge=0)
+    max_trials: Int = Field(5, ge=1)
+
+
 class StudyConfig(_Frozen):
     """A validated study definition. Build it with :func:`load_config` or
     :meth:`from_dict`; both raise :class:`ConfigError`.
@@ -553,6 +586,7 @@ class StudyConfig(_Frozen):
     search: SearchConfig = SearchConfig()
     sensitivity: SensitivityConfig = SensitivityConfig()
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
     @model_validator(mode="before")
     @classmethod

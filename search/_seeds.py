@@ -338,8 +338,10 @@ def _hit(units_, path: list, distill: dict, fits) -> tuple[int, dict | None]:
 
 
 def plan_seeds(space, model: nn.Module, scan: dict, *, ratios, reference_bytes: int,
-               temperature: float | None = None, alpha: float | None = None) -> list[Seed]:
-    """Seed plans hitting ``ratios`` (see the module docstring), as space params.
+               temperature: float | None = None, alpha: float | None = None, allocator: str = "greedy") -> list[Seed]:
+    """Seed plans hitting ``ratios`` (see the module docstring), as space params; with
+    ``allocator="exact"`` each is the exact allocation over the same surrogate
+    (search/_allocate.py) instead of a point on the greedy path.
 
     Returns one :class:`Seed` per distinct plan, in the order of ``ratios``
     (sorted); a target the space cannot reach gives its most compressed plan
@@ -353,6 +355,10 @@ def plan_seeds(space, model: nn.Module, scan: dict, *, ratios, reference_bytes: 
     targets = sorted(float(r) for r in ratios)
     if not targets:
         return []
+    if allocator == "exact":
+        from compresstune.search._allocate import exact_seeds
+
+        return exact_seeds(space, model, scan, ratios=targets, reference_bytes=reference_bytes)
     units_ = _build_units(space, scan)
     uniform = space.uniform_params(0.0, 32, None, temperature=temperature, alpha=alpha)
     distill = {k: v for k, v in uniform.items() if k.startswith("distill:")}
@@ -491,7 +497,8 @@ class SeedRefiner:
         try:
             if targets:
                 new = plan_seeds(self.session.space, self.session.context.model, attrs["sensitivity"],
-                                 ratios=targets, reference_bytes=int(attrs["baseline"]["reference_bytes"]))
+                                 ratios=targets, reference_bytes=int(attrs["baseline"]["reference_bytes"]),
+                                 allocator=self.session.config.sensitivity.allocator)
                 done_ratios = [r for r, _ in points]
                 added = [s for s in new if all(abs(s.ratio / r - 1) > 0.05 for r in done_ratios)]
                 added = added[:max(0, room)] if room is not None else added
@@ -622,7 +629,7 @@ def before_search(session) -> None:
         t0 = time.perf_counter()
         ratios = spread(cfg.seed_ratios, max(1, config.search.trials // 2))
         seeds = plan_seeds(session.space, session.context.model, table, ratios=ratios,
-                                  reference_bytes=int(attrs["baseline"]["reference_bytes"]))
+                           reference_bytes=int(attrs["baseline"]["reference_bytes"]), allocator=cfg.allocator)
         enqueue(study, seeds)
         study.set_user_attr("seed_seconds", round(time.perf_counter() - t0, 3))
         shown = ", ".join(f"{s.target_ratio:g}x->{s.ratio:.1f}x" for s in seeds)

@@ -6,13 +6,15 @@ It is cheap by design: one ``apply`` and one batched evaluation under
 ``parametrize.cached()`` per cell, on a fixed validation subset of
 ``sensitivity.examples`` examples (512 by default: a binomial standard error of
 about 2 points at 80 % accuracy, enough to rank layers, at a few hundred
-forward passes per scan). When the validation split is in-memory tensors (the
-presets, every study file's ``Splits``) the subset is a seeded random sample,
-stratified by label, so that a split stored in class order is not scanned on one
-class; the table stores the sample's baseline beside the whole split's
+forward passes per scan). For a preset whose validation data can be indexed
+(in-memory tensors, every study file's ``Splits``, a map-style Dataset or a
+DataLoader over one) the subset is a seeded random sample, stratified by label
+when the labels are known without reading the data (tensors, or a dataset's
+``targets``/``labels``), so that a split stored in class order is not scanned on
+one class; the table stores the sample's baseline beside the whole split's
 (``baseline_whole``) and the run warns when they differ by more than two standard
-errors. For a task over a DataLoader the subset is its first examples (its own
-order); a task that overrides ``evaluate`` is scanned on the whole split.
+errors. Over an iterable that cannot be indexed the subset is its first examples
+(its own order); a task that overrides ``evaluate`` is scanned on the whole split.
 A drop is how much worse the metric gets: ``baseline - value`` for accuracy,
 and, for any other metric, that change for the worse as a fraction of the
 baseline (``"drop_unit": "relative"``), so that ``sensitivity.cliff`` reads the
@@ -188,7 +190,8 @@ def scan(model: nn.Module, task: Task, space, cfg, *, key: str = "", fingerprint
         "members": {p: list(m) for p, m in unit_list}, "settings": [_label(k, v) for k, v in settings],
         "knobs": [[k, v] for k, v in settings], "accuracy": acc_rows, "drop": drop_rows,
         "metric": task.metric, "drop_unit": "absolute" if task.metric == "accuracy" else "relative",
-        "sample": "stratified random (seed 0)" if sample else "first examples", **check,
+        "sample": f"{getattr(sample, 'sample_kind', 'stratified random')} (seed 0)" if sample else "first examples",
+        **check,
         "seconds": round(time.perf_counter() - t0, 3),
     }
 

@@ -132,7 +132,7 @@ def repair_interrupted(study: optuna.Study, driver: str,
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Queue an interrupted trial's parameters again. A queued trial (a seed, an earlier
     requeue) stopped before its space drew every parameter keeps the ones it was queued
-    with, and a seed trial stays marked as one."""
+    with, and a seed (or promoted) trial stays marked as one."""
     params = Records(study).queued_params(trial)
-    keep = {k: v for k, v in trial.user_attrs.items() if k.startswith("seed_")}
+    keep = {k: v for k, v in trial.user_attrs.items() if k.startswith(("seed_", "promot"))}
     study.enqueue_trial(params, user_attrs={REQUEUED_FROM: trial.number, **keep}, skip_if_exists=False)

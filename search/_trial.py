@@ -27,7 +27,7 @@ from compresstune.search._budgets import (Budgets, Preflight, budget_constraints
                                           over_budget, preflight)
 
 __all__ = ["StopTrial", "TrialContext", "TrialOutcome", "TrialSettings", "constraint_names", "failed", "failed_from",
-           "run_checked", "run_trial", "stopped_outcome", "worker_info"]
+           "run_checked", "run_trial", "stopped_outcome", "with_steps", "worker_info"]
 
 @dataclass(frozen=True)
 class TrialSettings:
@@ -65,6 +65,11 @@ class TrialContext:
     settings: TrialSettings
     cached_teacher: torch.Tensor | None = None
     example: Any = None  # one validation batch: the input of the latency and bit-operation measurements
+
+
+def with_steps(ctx: TrialContext, steps: int) -> TrialContext:
+    """``ctx`` with a fine-tune of ``steps`` (a promoted trial's longer one)."""
+    return dataclasses.replace(ctx, settings=dataclasses.replace(ctx.settings, steps=int(steps)))
 
 
 class StopTrial(Exception):

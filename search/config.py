@@ -28,6 +28,7 @@ objectives, the recovery fine-tune and the search settings::
     search: {sampler: tpe, trials: 40, seed: 0}
     sensitivity: {enabled: true, seed_ratios: [4, 8, 16, 32, 64]}
     early_stopping: {enabled: false, margin_se: 2.0, rung_slack: 0.5, grace: 0.25}
+    promotion: {enabled: false, steps: 800, every: null, ranks: 1, max_trials: 5}
 
 Knobs. ``sparsity``, ``temperature`` and ``alpha`` take a range
 ``{low, high, step, log}`` or a plain number (fixed: no parameter is searched).
@@ -47,8 +48,10 @@ Search efficiency. ``sensitivity`` scans each searched layer's accuracy drop
 without fine-tuning (cached in the output folder, stored in the study) and
 enqueues seed trials at the ``seed_ratios`` before the sampler takes over;
 ``early_stopping`` stops a trial at a fine-tune rung when a no-larger trial is
-clearly more accurate at the same rung. Neither changes what a trial measures,
-so neither is part of the study's fingerprint.
+clearly more accurate at the same rung; ``promotion`` runs the front's trials
+(and near misses) again with a longer fine-tune after the search, each
+replacing its short trial on the front. None of them changes what a trial
+measures, so none is part of the study's fingerprint.
 
 Patterns are ``fnmatch`` globs on the layer FQN, or ``re:<regex>`` (full
 match). Every problem (unknown key, value out of range, bad import path) is a

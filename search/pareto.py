@@ -232,6 +232,8 @@ def _trial_row(trial: Any, metrics: Sequence[str], reference_bytes: float) -> di
     rung = attrs.get("stopped_at_rung")
     row["stopped_at_rung"] = None if rung is None else int(rung)
     row["seed_trial"] = bool(attrs.get("seed_trial", False))
+    source = attrs.get("promoted_from")
+    row["promoted_from"] = None if source is None else int(source)
     row["datetime_start"] = _timestamp(trial.datetime_start)
     row["datetime_complete"] = _timestamp(trial.datetime_complete)
     plan = attrs.get("plan")
@@ -260,6 +262,8 @@ def _core_frame(study: Any, trials: Sequence[Any] | None = None) -> pd.DataFrame
     df["feasible"] = df["feasible"].astype(bool)
     df["seed_trial"] = df["seed_trial"].astype(bool)
     df["rejected"] = df["rejected"].astype(object)
+    df["promoted_from"] = df["promoted_from"].astype("Int64")
+    df["promoted_to"] = _promoted_to(df)
     for col in ("datetime_start", "datetime_complete"):
         df[col] = pd.to_datetime(df[col])
     return df
@@ -270,8 +274,15 @@ def _trial_row_columns(metrics: Sequence[str]) -> Iterable[str]:
     yield from (f"values_{m}" for m in metrics)
     yield from (
         "size_bytes", "ratio", "log2_ratio", "val_accuracy", "test_accuracy", "feasible",
-        "rejected", "stopped_at_rung", "seed_trial", "datetime_start", "datetime_complete", "plan",
+        "rejected", "stopped_at_rung", "seed_trial", "promoted_from", "datetime_start", "datetime_complete", "plan",
     )  # fmt: skip
+
+
+def _promoted_to(df: pd.DataFrame) -> pd.Series:
+    """For a short trial that a COMPLETE promotion replaces, that promotion's number (else NA)."""
+    done = df[(df["state"].astype(str) == "COMPLETE") & df["promoted_from"].notna()]
+    by_source = dict(zip(done["promoted_from"].astype(int), done["number"].astype(int)))
+    return df["number"].map(by_source).astype("Int64")
 
 
 def _missing(series: pd.Series) -> pd.Series:
@@ -283,9 +294,10 @@ def _eligible(df: pd.DataFrame) -> pd.Series:
     """Trials that count for the front and the hypervolume.
 
     COMPLETE, feasible (all constraints <= 0), fully fine-tuned (not stopped at a
-    rung) and not rejected by a budget known before training (size, ratio, bops,
-    latency). Missing columns mean "no such
-    trials", so hand-made frames work.
+    rung), not rejected by a budget known before training (size, ratio, bops,
+    latency) and not replaced by a COMPLETE promotion to a longer fine-tune
+    (``promoted_to``). Missing columns mean "no such trials", so hand-made frames
+    work.
     """
     ok = pd.Series(True, index=df.index)
     if "state" in df:
@@ -296,6 +308,8 @@ def _eligible(df: pd.DataFrame) -> pd.Series:
         ok &= _missing(df["rejected"])
     if "stopped_at_rung" in df:
         ok &= _missing(df["stopped_at_rung"])
+    if "promoted_to" in df:
+        ok &= _missing(df["promoted_to"])
     return ok
 
 
@@ -493,13 +507,16 @@ def hypervolume_series(trials_df: pd.DataFrame, ref: Any, *, by: str = "number",
         df = df[df["datetime_complete"].notna()].sort_values(["datetime_complete", "number"], kind="stable")
     else:
         df = df.sort_values("number", kind="stable")
-    ok = _eligible(df).to_numpy()
+    ok = _eligible(df.drop(columns=["promoted_to"], errors="ignore")).to_numpy()
     acc = sign * df["val_accuracy"].to_numpy(dtype=float)
     lr = df["log2_ratio"].to_numpy(dtype=float)
-    volumes, current = [], 0.0
+    numbers, replaces = df["number"].to_numpy(dtype=int), _replaces(df)
+    volumes, current, gone = [], 0.0, set()
     for k in range(len(df)):
-        if ok[k]:
-            sel = ok[: k + 1]
+        if replaces[k] is not None:  # a promotion finished: its short trial leaves the front
+            gone.add(replaces[k])
+        if ok[k] or replaces[k] is not None:
+            sel = ok[: k + 1] & ~np.isin(numbers[: k + 1], list(gone))
             current = hypervolume_2d(acc[: k + 1][sel], lr[: k + 1][sel], ref_acc, ref_ratio)
         volumes.append(current)
     return pd.DataFrame(
@@ -509,6 +526,15 @@ def hypervolume_series(trials_df: pd.DataFrame, ref: Any, *, by: str = "number",
             "elapsed_s": df["elapsed_s"].to_numpy(dtype=float),
         }
     )
+
+
+def _replaces(df: pd.DataFrame) -> list[int | None]:
+    """Per row, the short trial a COMPLETE promotion replaces (None for any other row)."""
+    if "promoted_from" not in df:
+        return [None] * len(df)
+    complete = df["state"].astype(str) == "COMPLETE" if "state" in df else pd.Series(True, index=df.index)
+    source = pd.to_numeric(df["promoted_from"], errors="coerce")
+    return [int(s) if c and pd.notna(s) else None for s, c in zip(source, complete)]
 
 
 def _series_input(trials_df: pd.DataFrame) -> pd.DataFrame:

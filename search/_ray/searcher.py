@@ -80,7 +80,10 @@ class StudySearcher(_DriverOnly, Searcher):
             return None  # the space failed; recorded
         trial, plan = asked
         self.plans[trial_id] = plan.to_json()
-        return {"number": trial.number, "plan": self.plans[trial_id]}
+        config = {"number": trial.number, "plan": self.plans[trial_id]}
+        if self.loop.is_promotion(trial_id):  # a longer fine-tune, never stopped at a rung
+            config["steps"] = self.loop.context_for(trial_id).settings.steps
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._add_rung(trial_id, result)

@@ -32,7 +32,8 @@ from compresstune.plan import CompressionPlan
 from compresstune.search._budgets import Budgets, preflight
 from compresstune.search._early_stop import rung_result
 from compresstune.task import device_of
-from compresstune.search._trial import TrialContext, TrialOutcome, failed_from, run_checked, run_trial, worker_info
+from compresstune.search._trial import (TrialContext, TrialOutcome, failed_from, run_checked, run_trial, with_steps,
+                                        worker_info)
 
 __all__ = ["GATE_TIMEOUT_S", "execute", "trainable"]
 
@@ -128,6 +129,8 @@ def execute(config: dict, context: _SharedContext | TrialContext, cpus: float = 
             worker["device"] = str(device)
         ctx = context.get(device) if isinstance(context, _SharedContext) else _to_device(context, device)
         plan = CompressionPlan.from_json(config["plan"])
+        if config.get("steps") is not None:  # a promoted trial: its longer fine-tune, no rungs
+            ctx, rungs = with_steps(ctx, config["steps"]), False
         outcome = _run_plan(plan, ctx, budgets or Budgets(), worker if rungs else None, t0)
     except Exception as exc:  # noqa: BLE001 - e.g. a study module that does not import on this node
         outcome = failed_from(exc)

@@ -35,9 +35,10 @@ def trials_frame(study: Any) -> pd.DataFrame:
     ``test_<metric>`` for a metric other than accuracy), ``feasible``,
     ``violated`` (names of the positive constraints), ``rejected`` (the reason,
     e.g. ``"budget"``, or empty), ``stopped_at_rung``, ``seed_trial``,
-    ``fail_reason``, ``apply_s``, ``finetune_s``, ``eval_s``, ``total_s``,
+    ``promoted_from`` (a promoted trial: the short trial it fine-tunes longer), ``promoted_to``
+    (a short trial: the COMPLETE promotion that replaces it), ``fail_reason``, ``apply_s``, ``finetune_s``, ``eval_s``, ``total_s``,
     ``datetime_start``, ``datetime_complete``, ``category`` (one of front,
-    dominated, infeasible, rejected, stopped, failed, pruned, running),
+    dominated, infeasible, rejected, stopped, replaced, failed, pruned, running),
     ``pareto`` and ``plan`` (the plan's JSON string, so ``pd.read_csv`` gets it
     back unchanged).
 
@@ -63,7 +64,7 @@ def trials_frame(study: Any) -> pd.DataFrame:
     order = (
         ["number", "state", *[f"values_{m}" for m in metrics], *params.columns,
          "size_bytes", "ratio", "log2_ratio", "val_accuracy", "test_accuracy", "feasible",
-         "violated", "rejected", "stopped_at_rung", "seed_trial", "fail_reason",
+         "violated", "rejected", "stopped_at_rung", "seed_trial", "promoted_from", "promoted_to", "fail_reason",
          "apply_s", "finetune_s", "eval_s", "total_s", "onnx_bytes", "onnx_latency_ms",
          "datetime_start", "datetime_complete", "category", "pareto", "plan"]
     )  # fmt: skip
@@ -116,8 +117,8 @@ def _constraint_label(key: str, names: Sequence[str]) -> str:
 
 
 def _categories(df: pd.DataFrame) -> pd.Series:
-    """Each trial in exactly one bucket. Priority: front > rejected > stopped >
-    infeasible > dominated; then failed, pruned, and running (or waiting)."""
+    """Each trial in exactly one bucket. Priority: front > replaced (by its promotion) >
+    rejected > stopped > infeasible > dominated; then failed, pruned, and running (or waiting)."""
     state = df["state"]
     complete = state == "COMPLETE"
     rejected = complete & ~_pareto._missing(df["rejected"])
@@ -130,6 +131,7 @@ def _categories(df: pd.DataFrame) -> pd.Series:
     out[infeasible] = "infeasible"
     out[stopped] = "stopped"
     out[rejected] = "rejected"
+    out[complete & df["promoted_to"].notna()] = "replaced"
     out[df["pareto"]] = "front"
     return out
 
@@ -460,8 +462,9 @@ def _onnx_command(directory: str, number: int) -> str:
 def _counts(trials: pd.DataFrame) -> dict[str, int]:
     cat = trials["category"].value_counts()
     counts = {"trials": len(trials), "complete": int((trials["state"] == "COMPLETE").sum())}
-    for key in ("front", "dominated", "infeasible", "rejected", "stopped", "failed", "pruned", "running"):
+    for key in ("front", "dominated", "infeasible", "rejected", "stopped", "replaced", "failed", "pruned", "running"):
         counts[key] = int(cat.get(key, 0))
+    counts["promoted"] = int(((trials["state"] == "COMPLETE") & trials["promoted_from"].notna()).sum())
     return counts
 
 

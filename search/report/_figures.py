@@ -30,6 +30,8 @@ _CATEGORY_STYLE = {
     "infeasible": ("Infeasible", dict(color=_RED, size=7, opacity=0.45, symbol="x")),
     "rejected": ("Rejected: over a budget (before training)", dict(color=_AMBER, size=7, opacity=0.5, symbol="triangle-down")),
     "stopped": ("Stopped early", dict(color=_PURPLE, size=7, opacity=0.5, symbol="circle-open")),
+    "replaced": ("Short fine-tune, replaced by its promotion", dict(color=_GREY, size=7, opacity=0.4,
+                                                                   symbol="diamond-open")),
 }
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
@@ -62,7 +64,8 @@ def _front_title(data: ReportData) -> str:
     c = data.counts
     bits = [f"{c['front']} Pareto", f"{c['dominated']} dominated"]
     for key, label in (("infeasible", "infeasible"), ("rejected", "rejected"), ("stopped", "stopped early"),
-                       ("pruned", "pruned"), ("failed", "failed"), ("running", "running")):  # fmt: skip
+                       ("replaced", "replaced by their promotion"), ("pruned", "pruned"), ("failed", "failed"),
+                       ("running", "running")):  # fmt: skip
         if c[key]:
             bits.append(f"{c[key]} {label}")
     return f"Validation {_metric_words(data)} vs model size — {c['trials']} trials: " + " · ".join(bits)
@@ -509,6 +512,9 @@ def _table_html(data: ReportData) -> str:
         test = float(r.test_accuracy) if r.test_accuracy is not None else math.nan
         dtest = test - base_test if _finite(base_test) and _finite(test) else math.nan
         seed = ' <span class="tag">seed</span>' if r.seed_trial else ""
+        if _finite(r.promoted_from):
+            seed += f' <span class="tag">promoted from #{int(r.promoted_from)}</span>'
+
         cells = [
             (n, f"#{n}{seed}"), (r.size_bytes, _fmt_int(r.size_bytes)), (r.ratio, _fmt_ratio(r.ratio)),
             *[(getattr(r, c), _fmt_int(getattr(r, c)) if c == "onnx_bytes" else _fmt_num(getattr(r, c)))
@@ -563,7 +569,8 @@ def _run_html(data: ReportData) -> str:
         ("Apply, mean", _fmt_seconds(t["apply_mean_s"])), ("Fine-tune, mean", _fmt_seconds(t["finetune_mean_s"])),
         ("Evaluate, mean", _fmt_seconds(t["eval_mean_s"])),
     ])  # fmt: skip
-    labels = {"stopped": "Stopped early", "pruned": "Stopped early (Optuna PRUNED, older studies)"}
+    labels = {"stopped": "Stopped early", "pruned": "Stopped early (Optuna PRUNED, older studies)",
+              "replaced": "Replaced by their promotion", "promoted": "Promoted (longer fine-tune)"}
     counts = _dl([(labels.get(k, k.capitalize()), v) for k, v in c.items()])
     versions = _dl(sorted(data.versions.items()))
     config = _esc(json.dumps(s.get("config") or {}, indent=2, sort_keys=True, default=str))

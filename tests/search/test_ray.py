@@ -64,7 +64,7 @@ class Flat(nn.Module):
 
 
 def make_session(tmp_path: Path, *, trials: int = 3, max_failures: int = 2, address: str | None = None,
-                 model: nn.Module | None = None) -> Session:
+                 model: nn.Module | None = None, promotion: dict | None = None) -> Session:
     model = (model or Flat()).eval()
     splits = load_digits()
     config = StudyConfig.from_dict({
@@ -73,7 +73,7 @@ def make_session(tmp_path: Path, *, trials: int = 3, max_failures: int = 2, addr
         "finetune": {"steps": 2, "eval_every": 2, "batch_size": 32},
         "constraints": {"max_accuracy_drop": None, "max_size_bytes": 2000},
         "search": {"trials": trials, "max_failures": max_failures, "out": str(tmp_path), "sampler": "random",
-                   "address": address}})
+                   "address": address}, "promotion": promotion or {}})
     space = Space.from_config(config.space, model)
     study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
     task = Classification.from_splits(splits, batch_size=32)
@@ -215,6 +215,25 @@ def test_the_searcher_keeps_exactly_the_requested_number_of_trials(tmp_path):
         assert (tmp_path / done.user_attrs["artifact"]).stat().st_size == done.user_attrs["size_bytes"]
     assert trials[1].user_attrs["fail_reason"] == "ValueError: boom"
     assert searcher.error is None
+
+
+def test_the_searcher_sends_a_promoted_trial_with_its_longer_fine_tune(tmp_path):
+    session = make_session(tmp_path, trials=1, promotion={"enabled": True, "steps": 6})
+    session.study.enqueue_trial({"fc:bits": 8})  # a plan within the size budget: on the front
+    searcher = _ray.StudySearcher(session)
+    a = searcher.suggest("a")
+    assert "steps" not in a
+    report(searcher, "a", a, _ray.execute(a, session.context))
+    searcher.on_trial_complete("a", result={})
+    b = searcher.suggest("b")  # the search is done: the promotion round runs
+    assert b["steps"] == 6 and b["plan"] == a["plan"]
+    assert searcher.suggest("c") is None  # the promotion is in flight: wait, not finished
+    report(searcher, "b", b, _ray.execute(b, session.context))
+    searcher.on_trial_complete("b", result={})
+    assert searcher.suggest("c") == _ray.Searcher.FINISHED
+    short, promoted = session.study.get_trials()
+    assert short.user_attrs["curve"][-1][0] == 2 and promoted.user_attrs["curve"][-1][0] == 6
+    assert promoted.user_attrs["promoted_from"] == short.number and promoted.params == short.params
 
 
 def test_the_searcher_matches_the_local_loop_for_budget_rejections(tmp_path):

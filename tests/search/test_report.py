@@ -116,7 +116,7 @@ def test_report_data_counts_reference_baseline_and_exports(main_data, kit):
     data = main_data
     assert data.counts == {
         "trials": 12, "complete": 10, "front": 4, "dominated": 2, "infeasible": 2, "rejected": 1,
-        "stopped": 1, "failed": 1, "pruned": 1, "running": 0,
+        "stopped": 1, "replaced": 0, "failed": 1, "pruned": 1, "running": 0, "promoted": 0,
     }  # fmt: skip
     assert data.reference_point["val_accuracy"] == pytest.approx(0.87)
     assert data.reference_point["size_bytes"] == kit.REFERENCE_BYTES

@@ -175,6 +175,61 @@ def test_a_validation_split_sorted_by_class_is_scanned_like_a_shuffled_one(digit
     assert sorted_["differs"] is False and not [m for m in logs if "warning" in m]
 
 
+class _SortedDigits(torch.utils.data.Dataset):
+    """A map-style dataset in class order that says its labels (``targets``), as torchvision's do."""
+
+    def __init__(self, x, y, *, say_labels: bool) -> None:
+        order = torch.argsort(y, stable=True)
+        self.x, self.y = x[order], y[order]
+        if say_labels:
+            self.targets = self.y.tolist()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __init__(self, x, y) -> None:
+        self.x, self.y = x, y
+
+    def __iter__(self):
+        return iter(zip(self.x, self.y))
+
+
+@pytest.mark.parametrize("say_labels", [True, False])
+def test_a_dataloader_over_a_dataset_in_class_order_is_sampled_too(digits, say_labels) -> None:
+    from torch.utils.data import DataLoader
+
+    splits, model = digits
+    val = DataLoader(_SortedDigits(splits.val.x, splits.val.y, say_labels=say_labels), batch_size=50)
+    task = Classification((splits.train.x, splits.train.y), val)
+    cfg = _config(sensitivity={"examples": 240, "sparsity": [0.9], "bits": [], "rank_fraction": []})
+    table = scan(model, task, Space.from_config(cfg.space, model), cfg.sensitivity, whole=ct_evaluate(model, task))
+    assert table["examples"] == 240
+    assert table["sample"] == ("stratified random (seed 0)" if say_labels else "random (seed 0)")
+    seen = torch.cat([y for _, y in task.val_sample(240).batches("val")])
+    counts = torch.bincount(seen, minlength=10)
+    assert len(seen) == 240 and (counts > 0).all()  # every class, not the first ones only
+    if say_labels:
+        share = torch.bincount(splits.val.y, minlength=10).double() * 240 / len(splits.val.y)
+        assert (counts.double() - share).abs().max() < 1.0  # in proportion to the split
+    assert abs(table["baseline_accuracy"] - table["baseline_whole"]) < 0.05
+
+
+def test_an_iterable_that_cannot_be_indexed_is_read_from_its_start(digits) -> None:
+    from torch.utils.data import DataLoader
+
+    splits, model = digits
+    task = Classification((splits.train.x, splits.train.y), DataLoader(_Stream(splits.val.x, splits.val.y),
+                                                                      batch_size=50))
+    assert task.val_sample(100) is None
+    cfg = _config(sensitivity={"examples": 100, "sparsity": [0.9], "bits": [], "rank_fraction": []})
+    assert scan(model, task, Space.from_config(cfg.space, model), cfg.sensitivity)["sample"] == "first examples"
+
+
 def test_a_sample_unlike_the_whole_split_is_warned_about(digits) -> None:
     splits, model = digits
     cfg = _config(sensitivity={"examples": 100, "sparsity": [0.5], "bits": [], "rank_fraction": []})
