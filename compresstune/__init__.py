@@ -12,8 +12,9 @@ Example:
 
 from compresstune.artifact import load, packed_size, reference_size, save
 from compresstune.compress import apply, plan_of, squash
-from compresstune.errors import ArtifactError, CompressTuneError, ConfigError, PlanError, TaskError
+from compresstune.errors import ArtifactError, CompressTuneError, ConfigError, ExportError, PlanError, TaskError
 from compresstune.layers import discover
+from compresstune.onnx_export import export_onnx
 from compresstune.plan import ALLOWED_BITS, CompressionPlan, LayerPlan
 from compresstune.task import Task
 from compresstune import tasks
@@ -37,12 +38,14 @@ __all__ = [
     "CompressTuneError",
     "CompressionPlan",
     "ConfigError",
+    "ExportError",
     "LayerPlan",
     "PlanError",
     "Task",
     "TaskError",
     "apply",
     "discover",
+    "export_onnx",
     "load",
     "packed_size",
     "plan_of",

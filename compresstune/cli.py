@@ -35,7 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     exp = sub.add_parser("export", help="export one trial's compressed model")
     exp.add_argument("dir")
     exp.add_argument("--trial", type=int, required=True)
-    exp.add_argument("--output", required=True, help="where to copy the .ctz artifact")
+    exp.add_argument("--output", required=True, help="where to copy the .ctz artifact (or write the .onnx file)")
+    exp.add_argument("--format", choices=["ctz", "onnx"], default="ctz",
+                     help="ctz: the packed artifact (default); onnx: one ONNX file, weights at their codes")
+    exp.add_argument("--activations", choices=["none", "int8"], default="none",
+                     help="with --format onnx: int8 static activations calibrated on the validation batches")
     exp.add_argument("--squash", metavar="FILE", help="also write the squashed plain nn.Module (torch.save) here")
     exp.add_argument("--no-check", action="store_true", help="skip reloading and re-scoring the artifact")
     exp.add_argument("--force", action="store_true", help="export a trial that breaks a constraint (infeasible)")
@@ -121,6 +125,16 @@ def _report(args) -> int:
 
 def _export(args) -> int:
     from compresstune.search import export_trial
+
+    if args.format == "onnx":
+        if args.squash:
+            raise ValueError("`--squash` goes with --format ctz; got --format onnx.")
+        from compresstune.search._export import export_trial_onnx
+
+        print(export_trial_onnx(args.dir, args.trial, args.output, activations=args.activations, force=args.force))
+        return 0
+    if args.activations != "none":
+        raise ValueError(f"`--activations` needs --format onnx; got --format {args.format}.")
 
     info = export_trial(args.dir, args.trial, args.output, squash_to=args.squash, check=not args.no_check,
                         force=args.force)

@@ -31,3 +31,7 @@ class TrainingError(CompressTuneError):
 
 class TaskError(CompressTuneError):
     """A :class:`~compresstune.Task` that does not do what the contract asks (names the method)."""
+
+
+class ExportError(CompressTuneError):
+    """An ONNX export that cannot be made, or whose file does not reproduce the compressed model."""

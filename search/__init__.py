@@ -10,9 +10,9 @@ Example:
 
 from importlib import import_module
 
-__all__ = ["SearchError", "export_trial", "finetune_trial", "load_study", "run", "status_text"]
+__all__ = ["SearchError", "export_trial", "export_trial_onnx", "finetune_trial", "load_study", "run", "status_text"]
 
-_HOME = {"run": "_controller", "export_trial": "_export", "status_text": "_export", "finetune_trial": "_finetune_trial",
+_HOME = {"run": "_controller", "export_trial": "_export", "export_trial_onnx": "_export", "status_text": "_export", "finetune_trial": "_finetune_trial",
          "SearchError": "_storage", "load_study": "_storage"}
 
 

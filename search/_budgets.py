@@ -90,15 +90,22 @@ class Budgets:
     max_bops: float | None = None
     activation_bits: int = 32
     max_latency_ms: float | None = None
+    max_onnx_bytes: int | None = None
+    max_onnx_latency_ms: float | None = None
 
     @classmethod
     def from_config(cls, config) -> "Budgets":
         c = config.constraints
-        return cls(max_bops=c.max_bops, activation_bits=int(config.activation_bits), max_latency_ms=c.max_latency_ms)
+        return cls(max_bops=c.max_bops, activation_bits=int(config.activation_bits), max_latency_ms=c.max_latency_ms,
+                   max_onnx_bytes=c.max_onnx_bytes, max_onnx_latency_ms=c.max_onnx_latency_ms)
+
+    @property
+    def onnx(self) -> bool:
+        return self.max_onnx_bytes is not None or self.max_onnx_latency_ms is not None
 
     @property
     def any(self) -> bool:
-        return self.max_bops is not None or self.max_latency_ms is not None
+        return self.max_bops is not None or self.max_latency_ms is not None or self.onnx
 
 
 @dataclass
@@ -109,6 +116,8 @@ class Preflight:
     size_bytes: int
     bops: float | None = None
     latency_ms: float | None = None
+    onnx_bytes: int | None = None
+    onnx_latency_ms: float | None = None
     over: list[str] = field(default_factory=list)
     seconds: float = 0.0
     student: Any = field(default=None, repr=False)  # the applied plan, reused by the trial
@@ -120,7 +129,9 @@ class Preflight:
 
     def extra_value(self, objective: str | None) -> float | None:
         """The value of the study's third objective, when it was measured here."""
-        return {"bops": self.bops, "latency": self.latency_ms}.get(objective) if objective else None
+        values = {"bops": self.bops, "latency": self.latency_ms, "onnx_size": self.onnx_bytes,
+                  "onnx_latency": self.onnx_latency_ms}
+        return values.get(objective) if objective else None
 
 
 def preflight(plan, ctx, budgets: Budgets = Budgets(), *, latency: bool = False) -> Preflight:
@@ -147,8 +158,19 @@ def preflight(plan, ctx, budgets: Budgets = Budgets(), *, latency: bool = False)
         s = ctx.settings
         out.latency_ms = float(latency_ms(student, ctx.example, batch_size=s.latency_batch_size,
                                           repeats=s.latency_repeats, warmup=s.latency_warmup, task=ctx.task))
+    if budgets.onnx or ctx.settings.extra_objective in ("onnx_size", "onnx_latency"):
+        from compresstune.objectives import onnx_cost
+
+        s = ctx.settings
+        cost = onnx_cost(student, ctx.example, batch_size=s.latency_batch_size, repeats=s.latency_repeats,
+                         warmup=s.latency_warmup, task=ctx.task)
+        out.onnx_bytes, out.onnx_latency_ms = cost.size_bytes, cost.latency_ms
     if budgets.max_bops is not None and out.bops > budgets.max_bops:
         out.over.append("max_bops")
+    if budgets.max_onnx_bytes is not None and out.onnx_bytes > budgets.max_onnx_bytes:
+        out.over.append("max_onnx_bytes")
+    if budgets.max_onnx_latency_ms is not None and out.onnx_latency_ms > budgets.max_onnx_latency_ms:
+        out.over.append("max_onnx_latency_ms")
     if budgets.max_latency_ms is not None and out.latency_ms > budgets.max_latency_ms:
         out.over.append("max_latency_ms")
     out.seconds = time.perf_counter() - t0
@@ -159,7 +181,9 @@ def budget_constraints(budgets: Budgets, pre: Preflight | None) -> dict[str, flo
     """``max_bops`` / ``max_latency_ms`` constraint values (positive when over; 1.0 when unknown)."""
     out = {}
     for name, limit, value in (("max_bops", budgets.max_bops, pre and pre.bops),
-                               ("max_latency_ms", budgets.max_latency_ms, pre and pre.latency_ms)):
+                               ("max_latency_ms", budgets.max_latency_ms, pre and pre.latency_ms),
+                               ("max_onnx_bytes", budgets.max_onnx_bytes, pre and pre.onnx_bytes),
+                               ("max_onnx_latency_ms", budgets.max_onnx_latency_ms, pre and pre.onnx_latency_ms)):
         if limit is not None:
             out[name] = float(value - limit) if _finite(value) else 1.0
     return out

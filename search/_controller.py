@@ -34,7 +34,8 @@ from compresstune.search._trial import TrialContext, TrialSettings, constraint_n
 
 __all__ = ["Session", "prepare", "run"]
 
-METRICS = {"size": "size_bytes", "latency": "latency_ms", "bops": "bops"}
+METRICS = {"size": "size_bytes", "latency": "latency_ms", "bops": "bops", "onnx_size": "onnx_bytes",
+           "onnx_latency": "onnx_latency_ms"}
 DEFAULT_RELATIVE_DROP = 0.05  # a metric other than accuracy with no drop limit set
 
 
@@ -61,7 +62,7 @@ def max_drop(constraints, task: Task, baseline: float) -> float | None:
 def _settings(config: StudyConfig, task: Task, baseline: float, reference_bytes: int,
               drop: float | None) -> TrialSettings:
     f, c, lat = config.finetune, config.constraints, config.latency
-    extra = next((o for o in config.objectives if o in ("latency", "bops")), None)
+    extra = next((o for o in config.objectives if o in METRICS and o != "size"), None)
     return TrialSettings(
         steps=f.steps, lr=f.lr, weight_decay=f.weight_decay, optimizer=f.optimizer, eval_every=f.eval_every,
         seed=config.search.seed, max_drop=drop, max_size_bytes=c.max_size_bytes, min_ratio=c.min_ratio,

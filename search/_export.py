@@ -58,6 +58,91 @@ def broken_constraints(trial: optuna.trial.FrozenTrial) -> dict[str, float]:
     return {name: float(v) for name, v in (trial.constraints or {}).items() if float(v) > 0}
 
 
+ONNX_CHECK_BATCHES = 8  # validation batches the ONNX file is compared on, and calibrated on
+CLASSIFICATION_POINTS = 0.01  # int8 activations may cost at most 1 point of a fraction-of-examples metric
+RELATIVE_TOLERANCE = 0.01  # ... or 1% of any other metric
+
+
+def _feasible(t: optuna.trial.FrozenTrial, number: int, force: bool) -> dict[str, float]:
+    broken = broken_constraints(t)
+    if broken and not force:
+        shown = ", ".join(f"{k} by {v:.4g}" for k, v in broken.items())
+        raise SearchError(f"trial {number} is infeasible: it breaks {shown}. Pass --force (force=True) to export "
+                          "it anyway, or pick a trial from the feasible front (`compresstune status`).")
+    return broken
+
+
+def export_trial_onnx(out: str | Path, number: int, output: str | Path, *, activations: str | None = None,
+                      force: bool = False, threads: int = 1) -> str:
+    """Export trial ``number`` to one ONNX file (:func:`compresstune.export_onnx`), checked against the
+    compressed model on the validation batches in ONNX Runtime; its test metric through ONNX Runtime is
+    written next to it (``OUTPUT.metrics.json``).
+
+    ``activations="int8"``: static int8 activations calibrated on the validation batches, weights kept at
+    their codes (stored as int8); the test metric through ONNX Runtime must be within 1 point
+    (a fraction-of-examples metric) or 1% (any other) of the trial's, else :class:`SearchError` after the
+    file and its metrics are written.
+
+    Returns a one-paragraph summary.
+    """
+    import itertools
+    import json
+    import tempfile
+
+    from compresstune.onnx_export import OrtModel, export_onnx, quantize_activations, require_onnx, session
+
+    if activations not in (None, "none", "int8"):
+        raise SearchError(f"`activations` must be one of none, int8; got {activations!r}.")
+    activations = None if activations == "none" else activations
+    require_onnx()
+    out = Path(out).resolve()
+    study = load_study(out)
+    t = _trial(study, number)
+    broken = _feasible(t, number, force)
+    src = out / t.user_attrs["artifact"]
+    if not src.exists():
+        raise SearchError(f"trial {number}'s artifact {str(src)!r} is missing from the output folder.")
+    model, task, why = _rebuild(study, out)
+    if task is None:
+        raise SearchError(f"ONNX export needs the study's task for example and check batches: {why}")
+    small = load(src, into=model).eval()
+    val = list(itertools.islice(task.batches("val"), ONNX_CHECK_BATCHES))
+    metric = metric_of(study.user_attrs)[0]
+    output = Path(output)
+    if activations:
+        with tempfile.TemporaryDirectory() as tmp:
+            weight_only = Path(tmp) / "weights.onnx"
+            result = export_onnx(small, val[0], weight_only, check_batches=val, weight_dtype="int8")
+            size = quantize_activations(weight_only, output, val)
+    else:
+        result = export_onnx(small, val[0], output, check_batches=val)
+        size = result.size_bytes
+    runner = OrtModel(session(output, threads=threads))
+    test = evaluate(runner, task, "test") if task.has_split("test") else None
+    recorded = t.user_attrs.get("test_accuracy")
+    record = {"trial": number, "file": str(output), "size_bytes": size, "activations": activations or "float32",
+              "metric": metric, "test_onnxruntime": test, "test_pytorch": recorded,
+              "weights": {w.name: w.dtype for w in result.weights}, "notes": result.notes,
+              "max_abs_diff_weight_only": result.max_abs_diff, "output_scale": result.output_scale}
+    Path(f"{output}.metrics.json").write_text(json.dumps(record, indent=2) + "\n")
+    lines = [f"trial {number}: {output} ({size:,} bytes; .ctz {t.user_attrs['size_bytes']:,} bytes), "
+             f"activations {activations or 'float32'}; compressed weights stored as {result.stored()}",
+             result.summary().split("\n", 1)[-1] if result.max_abs_diff is not None else "",
+             f"test {metric} through ONNX Runtime {_fmt(test)} (PyTorch {_fmt(recorded)}); "
+             f"written to {output}.metrics.json"]
+    lines = [line for line in lines if line]
+    if broken:
+        lines.append("warning: infeasible, exported with --force: breaks "
+                     + ", ".join(f"{k} by {v:.4g}" for k, v in broken.items()))
+    if activations and test is not None and recorded is not None:
+        drop = (recorded - test) if task.direction == "maximize" else (test - recorded)
+        allowed = CLASSIFICATION_POINTS if task.binomial else RELATIVE_TOLERANCE * max(abs(recorded), 1e-12)
+        if drop > allowed:
+            raise SearchError("\n".join(lines) + f"\nint8 activations cost {drop:.4f} of test {metric}, more than "
+                              f"the {allowed:.4f} allowed; use the weight-only export (no --activations)")
+    return "\n".join(lines)
+
+
 def export_trial(out: str | Path, number: int, output: str | Path, *, squash_to: str | Path | None = None,
                  check: bool = True, force: bool = False) -> str:
     """Copy trial ``number``'s artifact to ``output``; check it loads and reproduces the stored metric.
@@ -71,11 +156,7 @@ def export_trial(out: str | Path, number: int, output: str | Path, *, squash_to:
     out = Path(out).resolve()
     study = load_study(out)
     t = _trial(study, number)
-    broken = broken_constraints(t)
-    if broken and not force:
-        shown = ", ".join(f"{k} by {v:.4g}" for k, v in broken.items())
-        raise SearchError(f"trial {number} is infeasible: it breaks {shown}. Pass --force (force=True) to export "
-                          "it anyway, or pick a trial from the feasible front (`compresstune status`).")
+    broken = _feasible(t, number, force)
     src = out / t.user_attrs["artifact"]
     if not src.exists():
         raise SearchError(f"trial {number}'s artifact {str(src)!r} is missing from the output folder.")

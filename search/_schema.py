@@ -55,12 +55,13 @@ __all__ = [
 ]
 
 from compresstune.layers import KINDS  # noqa: E402 - every kind discovery reports
-OBJECTIVES = ("accuracy", "size", "latency", "bops")
+OBJECTIVES = ("accuracy", "size", "latency", "bops", "onnx_size", "onnx_latency")
+THIRD_OBJECTIVES = ("latency", "bops", "onnx_size", "onnx_latency")
 # The parts of a config that define what a study measures; the rest (trials,
 # out, storage, workers, address, ...) may change when a study is resumed.
 FINGERPRINT_FIELDS = ("model", "data", "task", "space", "objectives", "finetune", "constraints", "activation_bits")
 # Fields added after studies existed: omitted from the fingerprint while unset, so those studies resume.
-_LATER_FIELDS = {"constraints": ("max_bops", "max_latency_ms", "max_metric_drop", "max_relative_drop")}
+_LATER_FIELDS = {"constraints": ("max_bops", "max_latency_ms", "max_onnx_bytes", "max_onnx_latency_ms", "max_metric_drop", "max_relative_drop")}
 _GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -406,6 +407,11 @@ class ConstraintsConfig(_Frozen):
     # depends on the plan's shapes, not on the weights fine-tuning changes, so it is measured
     # before training too and an over-budget plan is scored without fine-tuning.
     max_latency_ms: Num | None = Field(None, gt=0)
+    # The plan's ONNX file (compresstune.export_onnx: bytes on disk; ONNX Runtime CPU latency with the
+    # `latency` settings, threads = cpus_per_trial): measured on the export before fine-tuning,
+    # cached by the plan's structure; needs the onnx extra.
+    max_onnx_bytes: Int | None = Field(None, gt=0)
+    max_onnx_latency_ms: Num | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _one_drop(self) -> "ConstraintsConfig":
@@ -571,7 +577,7 @@ class StudyConfig(_Frozen):
     data: FactorySpec | None = None
     task: FactorySpec | None = None
     space: SpaceConfig = SpaceConfig()
-    objectives: list[Literal["accuracy", "size", "latency", "bops"]] = ["accuracy", "size"]
+    objectives: list[Literal["accuracy", "size", "latency", "bops", "onnx_size", "onnx_latency"]] = ["accuracy", "size"]
     finetune: FinetuneConfig = FinetuneConfig()
     constraints: ConstraintsConfig = ConstraintsConfig()
     activation_bits: Int = Field(32, ge=2, le=32)
@@ -619,8 +625,9 @@ class StudyConfig(_Frozen):
         missing = [o for o in ("accuracy", "size") if o not in v]
         if missing:
             raise ValueError(f"objectives must include accuracy and size; {missing} missing from {v}")
-        if "latency" in v and "bops" in v:
-            raise ValueError(f"at most one third objective (latency or bops); got {v}")
+        third = [o for o in THIRD_OBJECTIVES if o in v]
+        if len(third) > 1:
+            raise ValueError(f"at most one third objective ({', '.join(THIRD_OBJECTIVES)}); got {v}")
         return [o for o in OBJECTIVES if o in v]  # canonical order: accuracy, size, then the third
 
     @classmethod

@@ -420,7 +420,8 @@ def before_search(session) -> None:
     cfg = config.sensitivity
     new = len(study.get_trials(deepcopy=False)) == 0
     attrs = study.user_attrs
-    budgets = [n for n in ("max_bops", "max_latency_ms") if getattr(config.constraints, n) is not None]
+    budgets = [n for n in ("max_bops", "max_latency_ms", "max_onnx_bytes", "max_onnx_latency_ms")
+               if getattr(config.constraints, n) is not None]
     names = list(attrs.get("constraint_names") or [])
     if new and [n for n in budgets if n not in names]:
         study.set_user_attr("constraint_names", names + [n for n in budgets if n not in names])

@@ -20,7 +20,7 @@ from torch import nn
 
 from compresstune.artifact import to_bytes
 from compresstune.compress import apply
-from compresstune.objectives import bit_operations, evaluate, latency_ms, recover
+from compresstune.objectives import bit_operations, evaluate, latency_ms, onnx_cost, recover
 from compresstune.plan import CompressionPlan
 from compresstune.task import Task
 from compresstune.search._budgets import (Budgets, Preflight, budget_constraints, constraint_names, constraints_for,
@@ -273,6 +273,9 @@ def run_checked(plan, ctx: TrialContext, *, budgets: Budgets = Budgets(),
         outcome.user_attrs["bops"] = pre.bops
     if budgets.max_latency_ms is not None:
         outcome.user_attrs["latency_before_training_ms"] = pre.latency_ms
+    if pre.onnx_bytes is not None:
+        outcome.user_attrs["onnx_bytes"] = pre.onnx_bytes
+        outcome.user_attrs["onnx_latency_ms"] = pre.onnx_latency_ms
     if pre.over:
         outcome.user_attrs["rejected"] = "budget"
         outcome.user_attrs["over_budget"] = list(pre.over)
@@ -285,4 +288,8 @@ def _extra_objective(student: nn.Module, ctx: TrialContext) -> float:
     if s.extra_objective == "latency":
         return latency_ms(student, ctx.example, batch_size=s.latency_batch_size, repeats=s.latency_repeats,
                           warmup=s.latency_warmup, task=ctx.task)
+    if s.extra_objective in ("onnx_size", "onnx_latency"):  # cached by structure: the preflight's export
+        cost = onnx_cost(student, ctx.example, batch_size=s.latency_batch_size, repeats=s.latency_repeats,
+                         warmup=s.latency_warmup, task=ctx.task)
+        return float(cost.size_bytes if s.extra_objective == "onnx_size" else cost.latency_ms)
     return bit_operations(student, ctx.example, activation_bits=s.activation_bits, task=ctx.task)

@@ -65,7 +65,7 @@ def trials_frame(study: Any) -> pd.DataFrame:
         ["number", "state", *[f"values_{m}" for m in metrics], *params.columns,
          "size_bytes", "ratio", "log2_ratio", "val_accuracy", "test_accuracy", "feasible",
          "violated", "rejected", "stopped_at_rung", "seed_trial", "promoted_from", "promoted_to", "fail_reason",
-         "apply_s", "finetune_s", "eval_s", "total_s",
+         "apply_s", "finetune_s", "eval_s", "total_s", "onnx_bytes", "onnx_latency_ms",
          "datetime_start", "datetime_complete", "category", "pareto", "plan"]
     )  # fmt: skip
     return df[order].sort_values("number", kind="stable").reset_index(drop=True)
@@ -89,7 +89,8 @@ def _param_row(trial: Any) -> dict[str, Any]:
     return {f"{_PARAM_PREFIX}{k}": v for k, v in (trial.params or {}).items()}
 
 
-_EXTRA_COLUMNS = ("violated", "fail_reason", "apply_s", "finetune_s", "eval_s", "total_s")
+_EXTRA_COLUMNS = ("violated", "fail_reason", "apply_s", "finetune_s", "eval_s", "total_s", "onnx_bytes",
+                  "onnx_latency_ms")
 
 
 def _extra_row(trial: Any, constraint_names: Sequence[str]) -> dict[str, Any]:
@@ -98,6 +99,8 @@ def _extra_row(trial: Any, constraint_names: Sequence[str]) -> dict[str, Any]:
     row = {"violated": _violated(trial, constraint_names), "fail_reason": attrs.get("fail_reason")}
     for key in ("apply_s", "finetune_s", "eval_s", "total_s"):
         row[key] = _pareto._float_or_nan(timings.get(key))
+    for key in ("onnx_bytes", "onnx_latency_ms"):  # measured when an onnx objective or budget asks
+        row[key] = _pareto._float_or_nan(attrs.get(key))
     return row
 
 
@@ -206,6 +209,7 @@ class ReportData(NamedTuple):
     sensitivity: pd.DataFrame | None = None
     metric: str = "accuracy"
     direction: str = "maximize"
+    onnx_commands: Mapping[int, str] = {}  # Pareto trial number -> the command that exports it to ONNX
 
 
 def report_data(study: Any, *, study_dir: str | Path | None = None) -> ReportData:
@@ -255,6 +259,7 @@ def report_data(study: Any, *, study_dir: str | Path | None = None) -> ReportDat
         importances=importances,
         importance_note=note,
         export_commands={int(n): _export_command(directory, int(n)) for n in front["number"]},
+        onnx_commands={int(n): _onnx_command(directory, int(n)) for n in front["number"]},
         counts=_counts(trials),
         settings=_settings(attrs, directory),
         versions=_versions(attrs),
@@ -447,6 +452,11 @@ def _study_dir(study: Any) -> str:
 
 def _export_command(directory: str, number: int) -> str:
     return f"compresstune export {shlex.quote(directory)} --trial {number} --output trial_{number}.ctz"
+
+
+def _onnx_command(directory: str, number: int) -> str:
+    return (f"compresstune export {shlex.quote(directory)} --trial {number} --format onnx "
+            f"--output trial_{number}.onnx")
 
 
 def _counts(trials: pd.DataFrame) -> dict[str, int]:

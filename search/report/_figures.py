@@ -501,6 +501,9 @@ def _table_html(data: ReportData) -> str:
     head = [("Trial", "num"), ("Size (B)", "num"), ("Ratio", "num"), (val_h, "num"), (test_h, "num"),
             (delta_h, "num"), (dtest_h, "num"), *[(_metric_label(m), "num") for m in extra], ("KD T", "num"),
             ("KD α", "num"), ("Trial time", "num"), ("Export", "str")]  # fmt: skip
+    labels = {"onnx_bytes": "ONNX (B)", "onnx_latency_ms": "ONNX Runtime ms"}
+    onnx = [c for c in labels if c in front.columns and front[c].notna().any() and c not in extra]
+    head[3:3] = [(labels[c], "num") for c in onnx]
     rows = []
     for r in front.itertuples():
         n = int(r.number)
@@ -514,6 +517,8 @@ def _table_html(data: ReportData) -> str:
 
         cells = [
             (n, f"#{n}{seed}"), (r.size_bytes, _fmt_int(r.size_bytes)), (r.ratio, _fmt_ratio(r.ratio)),
+            *[(getattr(r, c), _fmt_int(getattr(r, c)) if c == "onnx_bytes" else _fmt_num(getattr(r, c)))
+              for c in onnx],
             (r.val_accuracy, _fmt_val(data, r.val_accuracy)), (r.test_accuracy, _fmt_val(data, r.test_accuracy)),
             (delta, _fmt_delta(data, delta)), (dtest, _fmt_delta(data, dtest)),
             *[(getattr(r, f"values_{m}"), _fmt_num(getattr(r, f"values_{m}"))) for m in extra],
@@ -521,11 +526,12 @@ def _table_html(data: ReportData) -> str:
             (kd.get("alpha"), _fmt_num(kd.get("alpha"), ".3g")), (r.total_s, _fmt_seconds(r.total_s)),
         ]  # fmt: skip
         tds = "".join(f'<td data-sort="{_sort_key(v)}">{t}</td>' for v, t in cells)
-        cmd = _esc(data.export_commands.get(n, ""))
-        rows.append(f'<tr>{tds}<td class="cmd" data-sort="{n}"><code class="cmd">{cmd}</code></td></tr>')
+        cmds = [c for c in (data.export_commands.get(n, ""), data.onnx_commands.get(n, "")) if c]
+        code = "<br>".join(f'<code class="cmd">{_esc(c)}</code>' for c in cmds)
+        rows.append(f'<tr>{tds}<td class="cmd" data-sort="{n}">{code}</td></tr>')
     ths = "".join(f'<th data-type="{t}" title="Sort by {_esc(h)}">{_esc(h)}</th>' for h, t in head)
-    return (f'<p class="note">Click a column header to sort. The export command writes the trial\'s compressed '
-            f'model; <code>trials.csv</code> and <code>pareto.csv</code> sit next to this file.</p>'
+    return (f'<p class="note">Click a column header to sort. The export commands write the trial\'s compressed '
+            f'model (the .ctz artifact, or one ONNX file with its weights at their codes); <code>trials.csv</code> and <code>pareto.csv</code> sit next to this file.</p>'
             f'<div class="table-wrap"><table class="sortable" id="pareto-table"><thead><tr>{ths}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table></div>')  # fmt: skip
 

@@ -72,6 +72,8 @@ def _metric_label(name: str) -> str:
         "size_bytes": "Model size (bytes)",
         "latency_ms": "Latency (ms)",
         "bops": "Bit-operations",
+        "onnx_bytes": "ONNX file size (bytes)",
+        "onnx_latency_ms": "ONNX Runtime latency (ms)",
     }
     if name not in labels and name.startswith("val_") and len(name) > 4:
         return f"Validation {name[4:].replace('_', ' ')}"
