@@ -96,12 +96,7 @@ def export_trial_onnx(out: str | Path, number: int, output: str | Path, *, activ
     activations = None if activations == "none" else activations
     require_onnx()
     out = Path(out).resolve()
-    study = load_study(out)
-    t = _trial(study, number)
-    broken = _feasible(t, number, force)
-    src = out / t.user_attrs["artifact"]
-    if not src.exists():
-        raise SearchError(f"trial {number}'s artifact {str(src)!r} is missing from the output folder.")
+    study, t, broken, src = _exportable(out, number, force)
     model, task, why = _rebuild(study, out)
     if task is None:
         raise SearchError(f"ONNX export needs the study's task for example and check batches: {why}")
@@ -143,6 +138,17 @@ def export_trial_onnx(out: str | Path, number: int, output: str | Path, *, activ
     return "\n".join(lines)
 
 
+def _exportable(out: Path, number: int, force: bool):
+    """``(study, trial, broken constraints, artifact path)`` of a trial that may be exported."""
+    study = load_study(out)
+    t = _trial(study, number)
+    broken = _feasible(t, number, force)
+    src = out / t.user_attrs["artifact"]
+    if not src.exists():
+        raise SearchError(f"trial {number}'s artifact {str(src)!r} is missing from the output folder.")
+    return study, t, broken, src
+
+
 def export_trial(out: str | Path, number: int, output: str | Path, *, squash_to: str | Path | None = None,
                  check: bool = True, force: bool = False) -> str:
     """Copy trial ``number``'s artifact to ``output``; check it loads and reproduces the stored metric.
@@ -154,12 +160,7 @@ def export_trial(out: str | Path, number: int, output: str | Path, *, squash_to:
     Returns a one-paragraph summary.
     """
     out = Path(out).resolve()
-    study = load_study(out)
-    t = _trial(study, number)
-    broken = _feasible(t, number, force)
-    src = out / t.user_attrs["artifact"]
-    if not src.exists():
-        raise SearchError(f"trial {number}'s artifact {str(src)!r} is missing from the output folder.")
+    study, t, broken, src = _exportable(out, number, force)
     shutil.copyfile(src, output)
     metric = metric_of(study.user_attrs)[0]
     lines = [f"trial {number}: {t.user_attrs['size_bytes']:,} bytes ({t.user_attrs['ratio']:.1f}x smaller), "
