@@ -122,7 +122,9 @@ def export_trial_onnx(out: str | Path, number: int, output: str | Path, *, activ
     Path(f"{output}.metrics.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [f"trial {number}: {output} ({size:,} bytes; .ctz {t.user_attrs['size_bytes']:,} bytes), "
              f"activations {activations or 'float32'}; compressed weights stored as {result.stored()}",
-             result.summary().split("\n", 1)[-1] if result.max_abs_diff is not None else "",
+             result.summary().split("\n", 1)[-1].replace(
+                 "(CPU):", "(CPU), the weight-only export before int8 activations:" if activations else "(CPU):")
+             if result.max_abs_diff is not None else "",
              f"test {metric} through ONNX Runtime {_fmt(test)} (PyTorch {_fmt(recorded)}); "
              f"written to {output}.metrics.json"]
     lines = [line for line in lines if line]
