@@ -485,9 +485,7 @@ def _analyse_structured(model: nn.Module, layers: dict, alias_of: dict) -> None:
     if not todo:
         return
     try:
-        from torch import fx
-
-        graph = fx.symbolic_trace(model).graph
+        graph = _trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means "cannot prove it safe"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         _refuse_all_structured(layers, f"torch.fx could not trace the model ({first[:120]})")
@@ -513,6 +511,35 @@ def _analyse_structured(model: nn.Module, layers: dict, alias_of: dict) -> None:
             layers[name] = _replace(info, consumers=tuple(consumers))
         except _NotPrunable as exc:
             layers[name] = _replace(info, refused={**info.refused, "structured": str(exc)})
+
+
+# Module types torch.fx must not trace into, subclasses included: a user's ``class B(nn.BatchNorm2d)``
+# that applies an activation in ``forward`` is still a normalisation layer of its channels, and
+# tracing into it fails on BatchNorm's ``if self.training`` (a traced value in control flow).
+_LEAF_TYPES = (
+    nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.Embedding, nn.RNNBase, nn.MultiheadAttention,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm, nn.GroupNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+) + _PASS_MODULES + _POOL_MODULES
+
+
+def _make_tracer():
+    from torch import fx
+
+    class _LeafTracer(fx.Tracer):
+        """torch.fx's tracer, with subclasses of the known layer, normalisation, activation and
+        pooling types kept as leaves (the default keeps only classes defined inside ``torch.nn``)."""
+
+        def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+            return isinstance(m, _LEAF_TYPES) or super().is_leaf_module(m, module_qualified_name)
+
+    return _LeafTracer()
+
+
+def _trace(model: nn.Module):
+    """The torch.fx graph of ``model``, traced with the leaf rules above."""
+    return _make_tracer().trace(model)
 
 
 def _opaque_reason(module_name: str, calls: dict, modules: dict) -> str:

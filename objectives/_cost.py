@@ -1,4 +1,4 @@
-"""Cost objectives beside size: latency of the squashed model and bit-operations."""
+"""Cost objectives beside size: latency of the squashed model, bit-operations and multiply-accumulates."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from compresstune.layers import is_transposed_linear
 from compresstune.ops import CompressedWeight
 from compresstune.task import Task, move, take_rows
 
-__all__ = ["bit_operations", "latency_ms"]
+__all__ = ["bit_operations", "latency_ms", "multiply_accumulates"]
 
 
 @torch.inference_mode()
@@ -138,3 +138,60 @@ def bit_operations(model: nn.Module, example: Any, *, activation_bits: int = 32,
     return total
 
 
+
+
+@torch.no_grad()
+def multiply_accumulates(model: nn.Module, example: Any, *, task: Task | None = None) -> float:
+    """Dense multiply-accumulates of one example through ``squash(model)``.
+
+    What a dense float kernel does: every weight of the squashed shapes counts,
+    zeros included, so unstructured sparsity and bit-widths leave it unchanged,
+    while structured pruning (channels removed) and low-rank factors (two
+    smaller layers) lower it. Linear and convolution layers (grouped ones count
+    their per-group inputs) and attention (its projections plus its two
+    activation-by-activation products) are counted; norms, activations and
+    pooling are not. With a ``task``, ``example`` is one of its batches, called
+    through ``task.outputs`` on one row.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> multiply_accumulates(nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)), torch.zeros(1, 4))
+        18.0
+    """
+    plain = squash(model).eval()
+    total = 0.0
+    hooks = []
+
+    def dense(mod, inputs, output):
+        nonlocal total
+        out = output[0] if isinstance(output, tuple) else output
+        rows = _out_rows(mod, "weight")
+        positions = out.numel() / out.shape[0] / rows  # output positions per example
+        total += positions * mod.weight.numel()
+
+    def attention(mod, inputs, output):
+        nonlocal total
+        seq = output[0].shape[1] if mod.batch_first else output[0].shape[0]
+        for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            if getattr(mod, name, None) is not None:
+                total += seq * getattr(mod, name).numel()
+        total += seq * mod.out_proj.weight.numel() + 2 * seq * seq * mod.embed_dim
+
+    inside_attention = set()
+    for module in plain.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            hooks.append(module.register_forward_hook(attention))
+            inside_attention.add(id(module.out_proj))
+        elif ((isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or is_transposed_linear(module))
+              and id(module) not in inside_attention):
+            hooks.append(module.register_forward_hook(dense))
+    try:
+        if task is None:
+            plain(example[:1])
+        else:
+            task.outputs(plain, move(take_rows(example, 1), next(plain.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
