@@ -18,18 +18,12 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from pathlib import Path
 
 from common import BENCH, machine, markdown_table, today  # noqa: E402  (chdir to ROOT)
 
-from compresstune.artifact import reference_size, to_bytes  # noqa: E402
-from compresstune.search._allocate import BUCKETS, allocate, solve  # noqa: E402
+from compresstune.search._allocate import BUCKETS, allocate, solve, study_surrogate  # noqa: E402
 from compresstune.search._seeds import plan_seeds  # noqa: E402
-from compresstune.search._sensitivity import load_or_scan  # noqa: E402
-from compresstune.search._session import load_model_and_task  # noqa: E402
 from compresstune.search.config import load_config  # noqa: E402
-from compresstune.spaces import Space  # noqa: E402
-from compresstune.task import measure  # noqa: E402
 
 STUDIES = {"digits": "studies/digits.yaml", "LeNet-300-100": "studies/mnist_lenet300.yaml"}
 RATIOS = [8, 16, 32, 64]
@@ -48,14 +42,7 @@ def solve_times(repeats: int = 5) -> list[float]:
 
 def compare(name: str, path: str) -> list[list]:
     config = load_config(path).with_search(out=str(BENCH / "allocate" / name))
-    out = Path(config.search.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model, task = load_model_and_task(config, out)
-    space = Space.from_config(config.space, model)
-    ref = reference_size(model)
-    base = {"val_accuracy": measure(task, model, "val")[0], "packed_bytes": len(to_bytes(model)),
-            "reference_bytes": ref}
-    table, _ = load_or_scan(config, out, model, task, space, base, log=lambda m: None)
+    model, _, space, ref, table = study_surrogate(config, log=lambda m: None)
     rows = []
     for target in RATIOS:
         t0 = time.perf_counter()

@@ -90,7 +90,7 @@ def measure(seed: int) -> dict:
         cfg = config(variant, seed)
         t0 = time.time()
         study = efficiency.run_variant(cfg)
-        tl = efficiency.timeline(study, cfg.finetune.steps, Path(cfg.search.out))
+        tl = _timeline(study, cfg.finetune.steps, Path(cfg.search.out))
         runs[variant] = (study, tl)
         log(f"seed {seed} {variant}: {tl['trials']} finished, final HV {tl['hv'][-1]:.4f}, "
             f"{tl['clock'][-1]:.0f} CPU s ({time.time() - t0:.0f} s)")
@@ -111,30 +111,14 @@ def measure(seed: int) -> dict:
 
 
 def _timeline(study: optuna.Study, steps: int, out: Path) -> dict:
-    """efficiency.timeline with the trial numbers in time order kept, and a promoted
-    trial's own fine-tune steps counted."""
+    """efficiency.timeline, with the trial numbers in the order they finished."""
     from compresstune.search.pareto import hypervolume_series, reference_point
     from compresstune.search.report import trials_frame
 
-    tl = _base_timeline(study, steps, out)
+    tl = efficiency.timeline(study, steps, out)
     series = hypervolume_series(trials_frame(study), reference_point(study), by="time")
     tl["numbers"] = [int(n) for n in series["number"]]
     return tl
-
-
-_base_timeline = efficiency.timeline
-efficiency.timeline = _timeline
-
-
-def _steps_of(t, full: int) -> int:
-    a = t.user_attrs
-    if a.get("promotion_steps") is not None and t.state.name == "COMPLETE":
-        return int(a["promotion_steps"])
-    return _base_steps(t, full)
-
-
-_base_steps = efficiency._steps
-efficiency._steps = _steps_of
 
 
 def _pt(best: dict) -> str:

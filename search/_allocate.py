@@ -40,7 +40,7 @@ from torch import nn
 from compresstune.errors import ConfigError
 from compresstune.search._surrogate import _build_units, _LadderUnit, _params, _Sizer, estimate_bytes
 
-__all__ = ["Allocation", "allocate", "exact_seeds", "format_allocation", "plan_study", "solve"]
+__all__ = ["Allocation", "allocate", "exact_seeds", "format_allocation", "plan_study", "solve", "study_surrogate"]
 
 BUCKETS = 4096
 _TIE = 1e-6  # predicted drop per halving of a unit's size: the tie-break between "free" settings
@@ -229,15 +229,9 @@ def format_allocation(alloc: Allocation, space) -> str:
             f"solved {alloc.solves} time(s) in {alloc.seconds:.2f} s")
 
 
-def plan_study(config, *, ratio: float | None = None, max_bytes: int | None = None,
-               log: Callable[[str], None] = print) -> tuple[Allocation, Any]:
-    """The allocation for a study file's model at ``ratio`` (x smaller than float32) or
-    ``max_bytes``, without training: loads model and data as ``run`` does, reads or runs the
-    sensitivity scan. Returns ``(allocation, space)``.
-
-    Example:
-        >>> alloc, space = plan_study(load_config("studies/digits.yaml"), ratio=32)  # doctest: +SKIP
-    """
+def study_surrogate(config, *, log: Callable[[str], None] = print) -> tuple[nn.Module, Any, Any, int, dict]:
+    """``(model, task, space, reference bytes, scan)`` of a study file, without training: model
+    and data loaded as ``run`` does, the sensitivity scan read from ``OUT`` or run."""
     from pathlib import Path
 
     from compresstune.artifact import reference_size, to_bytes
@@ -246,12 +240,6 @@ def plan_study(config, *, ratio: float | None = None, max_bytes: int | None = No
     from compresstune.spaces import Space
     from compresstune.task import measure
 
-    if (ratio is None) == (max_bytes is None):
-        raise ConfigError(f"give exactly one of `ratio` and `max_bytes`; got ratio={ratio!r}, max_bytes={max_bytes!r}.")
-    if ratio is not None and not ratio >= 1:
-        raise ConfigError(f"`ratio` must be a number >= 1 (times smaller than float32); got {ratio!r}.")
-    if max_bytes is not None and not max_bytes >= 1:
-        raise ConfigError(f"`max_bytes` must be an integer >= 1; got {max_bytes!r}.")
     out = Path(config.search.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     model, task = load_model_and_task(config, out)
@@ -260,6 +248,24 @@ def plan_study(config, *, ratio: float | None = None, max_bytes: int | None = No
     baseline = {"val_accuracy": measure(task, model, "val")[0], "packed_bytes": len(to_bytes(model)),
                 "reference_bytes": reference}
     scan, _ = load_or_scan(config, out, model, task, space, baseline, log=log)
+    return model, task, space, reference, scan
+
+
+def plan_study(config, *, ratio: float | None = None, max_bytes: int | None = None,
+               log: Callable[[str], None] = print) -> tuple[Allocation, Any]:
+    """The allocation for a study file's model at ``ratio`` (x smaller than float32) or
+    ``max_bytes``, without training (:func:`study_surrogate`). Returns ``(allocation, space)``.
+
+    Example:
+        >>> alloc, space = plan_study(load_config("studies/digits.yaml"), ratio=32)  # doctest: +SKIP
+    """
+    if (ratio is None) == (max_bytes is None):
+        raise ConfigError(f"give exactly one of `ratio` and `max_bytes`; got ratio={ratio!r}, max_bytes={max_bytes!r}.")
+    if ratio is not None and not ratio >= 1:
+        raise ConfigError(f"`ratio` must be a number >= 1 (times smaller than float32); got {ratio!r}.")
+    if max_bytes is not None and not max_bytes >= 1:
+        raise ConfigError(f"`max_bytes` must be an integer >= 1; got {max_bytes!r}.")
+    model, task, space, reference, scan = study_surrogate(config, log=log)
     budget = int(max_bytes) if max_bytes is not None else int(reference / ratio)
     alloc = allocate(space, model, scan, max_bytes=budget, reference_bytes=reference)
     alloc.metric = task.metric
