@@ -17,15 +17,18 @@ from torch.nn.utils import parametrize
 
 from compresstune.errors import PlanError
 from compresstune.factored import FactoredConv, FactoredEmbedding, FactoredLinear
+from compresstune.channels import Member
 from compresstune.layers import (  # effective_shapes stays importable from here, as before
     Discovery,
     LayerInfo,
+    _trace,
     discover,
     effective_shapes,
+    group_fractions,
     is_transposed_linear,
     saves_storage,
 )
-from compresstune.ops import CompressedWeight, channels_to_keep
+from compresstune.ops import CompressedWeight
 from compresstune.plan import CompressionPlan, LayerPlan
 
 __all__ = ["apply", "squash", "resolve_plan", "compressed_slots", "plan_of"]
@@ -81,8 +84,10 @@ def _matrix(info: LayerInfo) -> tuple[int, int]:
 
 def _operators(lp: LayerPlan) -> list[str]:
     ops = []
+    if lp.structured > 0:
+        ops.append("structured")
     if lp.sparsity > 0:
-        ops.append("structured" if lp.structured else "prune")
+        ops.append("prune")
     if lp.bits < 32:
         ops.append("quantize")
     if lp.rank is not None:
@@ -113,16 +118,15 @@ def apply(model: nn.Module, plan: CompressionPlan, *, inplace: bool = False) -> 
         64
     """
     # Tracing the graph (tens of ms) is only needed to place structured pruning.
-    structured = isinstance(plan, CompressionPlan) and any(lp.structured and lp.sparsity > 0
-                                                           for lp in plan.layers.values())
+    structured = isinstance(plan, CompressionPlan) and any(lp.structured > 0 for lp in plan.layers.values())
     found = discover(model, trace=structured)
     resolved = resolve_plan(plan, found)
     out = model if inplace else _deepcopy(model)
-    modules = dict(out.named_modules(remove_duplicate=False))  # a module used twice is reachable by both names
     with torch.no_grad():
-        for name, lp in resolved.items():
-            if lp.structured and lp.sparsity > 0:
-                _shrink_channels(found.layers[name], lp.sparsity, modules)
+        pads = _shrink_groups(found, group_fractions(found, resolved), out)
+        if pads:
+            out = _rewrite_pads(out, pads)
+        modules = dict(out.named_modules(remove_duplicate=False))  # a module used twice is reachable by both names
         for name, lp in resolved.items():
             _register(found, name, lp, modules)
     # Identity entries change nothing, so they are dropped: such a model packs exactly like the plain one.
@@ -140,7 +144,7 @@ def plan_of(model: nn.Module) -> CompressionPlan:
 
 def _register(found: Discovery, name: str, lp: LayerPlan, modules: dict) -> None:
     info = found.layers[name]
-    sparsity = 0.0 if lp.structured else lp.sparsity
+    sparsity = lp.sparsity  # of the weights left after structured pruning
     if sparsity == 0 and lp.bits == 32 and lp.rank is None:
         return
     module = modules[info.module_name]
@@ -183,33 +187,82 @@ def _tie(module: nn.Module, param_name: str, owner: nn.Module, owner_param: str)
 
 # -- structured pruning --------------------------------------------------------------
 
-def _shrink_channels(info: LayerInfo, sparsity: float, modules: dict) -> None:
-    producer = modules[info.module_name]
-    keep = channels_to_keep(producer.weight, sparsity)
-    old = producer.weight.shape[0]
-    _take(producer, "weight", 0, keep)
-    _take(producer, "bias", 0, keep)
-    _set_features(producer, out=len(keep))
-    for consumer in info.consumers:
-        module = modules[consumer.module_name]
-        if consumer.kind == "batchnorm":
-            for attr in ("weight", "bias", "running_mean", "running_var"):
-                _take(module, attr, 0, keep)
-            module.num_features = len(keep)
-            continue
-        in_dim = module.weight.shape[1]
-        if in_dim % old:
-            raise PlanError(
-                f"structured pruning of {info.name!r}: consumer {consumer.module_name!r} takes {in_dim} inputs, "
-                f"not a multiple of the {old} channels; set `structured` False for this layer."
-            )
-        repeat = in_dim // old
-        if isinstance(producer, nn.Linear):  # channels last: a flatten interleaves them (t * old + c)
-            index = (torch.arange(repeat)[:, None] * old + keep[None, :]).flatten()
-        else:  # channels at dim 1: each one is a contiguous run of `repeat` inputs after a flatten
+def _shrink_groups(found: Discovery, fractions: dict[str, float], root: nn.Module) -> dict:
+    """Remove the pruned channels of every group from every member of ``root``; returns the new
+    widths of the channel pads to rewrite, ``{(node name, index in its widths): width}``."""
+    modules = dict(root.named_modules())
+    keep: dict[tuple[str, str], tuple[Member, torch.Tensor]] = {}  # one mask per member, over all groups
+    pads: dict[tuple[str, int], int] = {}
+    for group_name, fraction in fractions.items():
+        group = found.channel_groups[group_name]
+        weights = {m.name: modules[m.name].weight for m in group.members if m.role in ("layer", "depthwise")}
+        positions = group.keep(fraction, group.importance(weights))
+        for member in group.members:
+            _, mask = keep.setdefault((member.name, member.role), (member, torch.ones(member.width, dtype=torch.bool)))
+            mask[group.removed(member, positions)] = False
+        for pad in group.pads:
+            for side, space in ((0, pad.low), (1, pad.high)):
+                if space in group.spaces:
+                    pads[(pad.node, pad.index + side)] = group.kept_in(space, 0, group.spaces[space][1], fraction)
+    for (name, role), (member, mask) in keep.items():
+        _shrink_member(root, modules, member, torch.nonzero(mask).flatten())
+    return pads
+
+
+def _shrink_member(root: nn.Module, modules: dict, member: Member, index: torch.Tensor) -> None:
+    if member.role == "param":
+        owner, _, attr = member.name.rpartition(".")
+        _take(root.get_submodule(owner), attr, member.dim, index)
+        return
+    module = modules[member.name]
+    if member.role == "reader":
+        _shrink_inputs(module, member, index)
+    elif member.role == "norm":
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            _take(module, attr, 0, index)
+        if isinstance(module, nn.LayerNorm):
+            module.normalized_shape = (len(index),)
+        else:
+            module.num_features = len(index)
+    else:  # a layer's output rows; a depthwise conv's rows follow its inputs
+        _take(module, "weight", 0, index)
+        _take(module, "bias", 0, index)
+        _set_features(module, out=len(index))
+        if member.role == "depthwise":
+            module.in_channels = module.groups = len(index)
+
+
+def _shrink_inputs(module: nn.Module, member: Member, keep: torch.Tensor) -> None:
+    in_dim = module.weight.shape[1]
+    if isinstance(module, nn.Linear):
+        repeat = in_dim // member.width  # inputs per channel after a flatten
+        if member.channels_last:  # a flatten of channels-last data interleaves them (t * width + c)
+            index = (torch.arange(repeat)[:, None] * member.width + keep[None, :]).flatten()
+        else:  # channels at dim 1: each one is a contiguous run of `repeat` inputs
             index = (keep[:, None] * repeat + torch.arange(repeat)).flatten()
-        _take(module, "weight", 1, index)
-        _set_features(module, inp=len(index))
+    else:
+        index = keep
+    _take(module, "weight", 1, index)
+    _set_features(module, inp=len(index))
+
+
+def _rewrite_pads(model: nn.Module, widths: dict) -> nn.Module:
+    """``model`` as a ``torch.fx.GraphModule`` whose channel pads take their new ``widths``:
+    the pad widths are constants of the forward code, which only a rewritten graph can change."""
+    from torch import fx
+
+    graph = _trace(model)
+    for node in graph.nodes:
+        edits = {index: w for (name, index), w in widths.items() if name == node.name}
+        if not edits:
+            continue
+        args = list(node.args)
+        if len(args) > 1:
+            args[1] = tuple(edits.get(i, w) for i, w in enumerate(args[1]))
+            node.args = tuple(args)
+        else:
+            node.kwargs = {**node.kwargs, "pad": tuple(edits.get(i, w) for i, w in enumerate(node.kwargs["pad"]))}
+    return fx.GraphModule(model, graph, class_name=type(model).__name__)
 
 
 def _take(module: nn.Module, attr: str, dim: int, index: torch.Tensor) -> None:

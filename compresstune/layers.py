@@ -38,19 +38,19 @@ attention block, the model output).
 from __future__ import annotations
 
 import difflib
-import operator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 import torch
 from torch import nn
 
+from compresstune.channels import _PASS_MODULES, _POOL_MODULES, ChannelGroup, analyse
 from compresstune.errors import PlanError
 
 if TYPE_CHECKING:  # annotations only: the plan module does not import this one at import time
     from compresstune.plan import LayerPlan
 
-__all__ = ["KINDS", "Consumer", "Discovery", "LayerInfo", "discover"]
+__all__ = ["KINDS", "ChannelGroup", "Discovery", "LayerInfo", "discover"]
 
 # Every kind discovery reports; a study's `space.types` selects among these.
 KINDS = (
@@ -58,14 +58,6 @@ KINDS = (
     "conv_transpose3d", "embedding", "attention", "lstm", "gru", "rnn",
 )
 RNN_KINDS = ("lstm", "gru", "rnn")
-
-
-@dataclass(frozen=True)
-class Consumer:
-    """A module whose inputs are the channels of a structured-pruned layer."""
-
-    module_name: str
-    kind: str  # "conv", "linear" or "batchnorm"
 
 
 @dataclass(frozen=True)
@@ -90,7 +82,8 @@ class LayerInfo:
             each weight matrix; empty for the other kinds.
         aliases: other FQNs tied to the same tensor (stored and compressed once).
         refused: operator -> reason, for operators this layer cannot take.
-        consumers: modules to shrink with structured pruning.
+        channel_group: the :class:`~compresstune.channels.ChannelGroup` its output channels
+            belong to (``Discovery.channel_groups``), when it can take structured pruning.
     """
 
     name: str
@@ -101,7 +94,7 @@ class LayerInfo:
     groups: int = 1
     aliases: tuple[str, ...] = ()
     refused: dict = field(default_factory=dict)
-    consumers: tuple[Consumer, ...] = ()
+    channel_group: str | None = None
     weight_shape: tuple[int, ...] = ()
     out_axis: int = 0
     matrices: tuple[tuple[str, tuple[int, int]], ...] = ()
@@ -167,13 +160,20 @@ def saves_storage(rank: int, rows: int, cols: int) -> bool:
 
 @dataclass
 class Discovery:
-    """What :func:`discover` found: ``layers`` (FQN -> LayerInfo, model order) and
-    ``skipped`` (module FQN -> reason it is not compressed)."""
+    """What :func:`discover` found: ``layers`` (FQN -> LayerInfo, model order),
+    ``skipped`` (module FQN -> reason it is not compressed) and ``channel_groups``
+    (name -> the layers whose output channels structured pruning removes together)."""
 
     layers: dict[str, LayerInfo]
     skipped: dict[str, str]
     alias_of: dict[str, str]
     slots: dict[str, tuple[str, str]] = field(default_factory=dict)  # FQN (aliases too) -> (module, param)
+    channel_groups: dict[str, ChannelGroup] = field(default_factory=dict)
+
+    def group_of(self, name: str) -> ChannelGroup | None:
+        """The channel group of layer ``name`` (None when it cannot take structured pruning)."""
+        group = self.layers[self.canonical(name)].channel_group
+        return None if group is None else self.channel_groups[group]
 
     def canonical(self, name: str) -> str:
         return self.alias_of.get(name, name)
@@ -223,23 +223,49 @@ def kept_rows(rows: int, sparsity: float) -> int:
     return max(1, rows - int(round(sparsity * rows)))
 
 
+def group_fractions(found: Discovery, resolved: Mapping[str, "LayerPlan"]) -> dict[str, float]:
+    """The fraction of channels each channel group loses under ``resolved``.
+
+    A layer's ``structured`` request applies to its whole group; layers of one group that ask
+    for different (non-zero) fractions are an error naming both.
+    """
+    fractions: dict[str, float] = {}
+    asked_by: dict[str, str] = {}
+    for name, lp in resolved.items():
+        if not lp.structured:
+            continue
+        group = found.layers[name].channel_group
+        if group is None:
+            continue  # resolve_plan reports the refusal
+        if group in fractions and fractions[group] != lp.structured:
+            raise PlanError(
+                f"layers {asked_by[group]!r} (structured={fractions[group]}) and {name!r} "
+                f"(structured={lp.structured}) share one channel group ({', '.join(found.channel_groups[group].layers)}: "
+                "a residual sum, concat or depthwise conv ties their channels) but ask for different fractions; "
+                "give the group's layers one `structured` fraction."
+            )
+        fractions[group] = lp.structured
+        asked_by.setdefault(group, name)
+    return fractions
+
+
 def effective_shapes(found: Discovery, resolved: Mapping[str, "LayerPlan"]) -> dict[str, tuple[int, int]]:
-    """Matrix shape (rows, cols) of each planned layer once structured pruning has shrunk the model."""
+    """Matrix shape (rows, cols) of each layer once structured pruning has shrunk the model."""
     by_module = {info.module_name: name for name, info in found.layers.items()}
     shapes = {name: (info.rows, info.cols) for name, info in found.layers.items()}
-    for name, lp in resolved.items():
-        info = found.layers[name]
-        if not (lp.structured and lp.sparsity > 0):
-            continue
-        kept = kept_rows(info.rows, lp.sparsity)
-        shapes[name] = (kept, shapes[name][1])
-        for consumer in info.consumers:
-            target = by_module.get(consumer.module_name)
-            if target is None:
+    for group_name, fraction in group_fractions(found, resolved).items():
+        group = found.channel_groups[group_name]
+        for member in group.members:
+            name = by_module.get(member.name)
+            if name is None or member.role not in ("layer", "depthwise", "reader"):
                 continue
-            per_channel = found.layers[target].cols // info.rows  # columns fed by one channel
-            r, c = shapes[target]
-            shapes[target] = (r, c - (info.rows - kept) * per_channel)
+            before, after = group.member_width(member, fraction)
+            rows, cols = shapes[name]
+            if member.role == "reader":
+                per_channel = found.layers[name].cols // member.width  # columns fed by one channel
+                shapes[name] = (rows, cols - (before - after) * per_channel)
+            else:
+                shapes[name] = (rows - (before - after), cols)
     return shapes
 
 
@@ -320,7 +346,8 @@ def _static_refusals(kind: str, module: nn.Module, weight: torch.Tensor) -> dict
     groups = getattr(module, "groups", 1)
     if groups > 1:
         refused["lowrank"] = f"grouped convolution (groups={groups}): a factorisation would mix groups"
-        refused["structured"] = f"grouped convolution (groups={groups}) ties output to input channels"
+        if not _is_depthwise(module):
+            refused["structured"] = f"grouped convolution (groups={groups}) ties output to input channels"
     if kind == "transposed_linear":
         refused["structured"] = ("structured pruning of transformers' Conv1D is not supported "
                                  "(torch.fx traces through it, so its consumers cannot be proven)")
@@ -337,6 +364,12 @@ def _static_refusals(kind: str, module: nn.Module, weight: torch.Tensor) -> dict
     if weight.dim() < 2:
         refused["lowrank"] = "weight has fewer than 2 dimensions"
     return refused
+
+
+def _is_depthwise(module: nn.Module) -> bool:
+    """A depthwise convolution: one filter per input channel, so its output channels follow its input's."""
+    return (isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+            and module.groups == module.in_channels == module.out_channels)
 
 
 def discover(model: nn.Module, *, trace: bool = True) -> Discovery:
@@ -378,11 +411,12 @@ def discover(model: nn.Module, *, trace: bool = True) -> Discovery:
         layers[fqn] = _layer_info(fqn, kind, mod_name, pname, module, weight)
     _attach_aliases(layers, alias_of)
     skipped = _skipped_modules(model, layers, alias_of)
+    groups: dict[str, ChannelGroup] = {}
     if trace:
-        _analyse_structured(model, layers, alias_of)
+        groups = _analyse_structured(model, layers, alias_of)
     else:
         _refuse_all_structured(layers, "graph analysis was disabled (trace=False)")
-    return Discovery(layers=layers, skipped=skipped, alias_of=alias_of, slots=slots)
+    return Discovery(layers=layers, skipped=skipped, alias_of=alias_of, slots=slots, channel_groups=groups)
 
 
 def _layer_info(fqn: str, kind: str, mod_name: str, pname: str, module: nn.Module, weight: torch.Tensor) -> LayerInfo:
@@ -448,69 +482,52 @@ def _only_1d_weight(module: nn.Module) -> bool:
 
 # -- structured-pruning graph analysis ------------------------------------------
 
-_PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Hardswish,
-    nn.Hardtanh, nn.Mish, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity,
-)
-# Pooling acts on the trailing (spatial) dims: it keeps a Conv's channels (dim 1) but mixes a Linear's (last dim).
-_POOL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-)
-_PASS_FUNCTIONS = {
-    torch.relu, torch.nn.functional.relu, torch.nn.functional.gelu, torch.nn.functional.silu,
-    torch.nn.functional.dropout, torch.sigmoid, torch.tanh,
-    torch.nn.functional.leaky_relu, torch.nn.functional.relu6, torch.nn.functional.hardswish,
-}
-_POOL_FUNCTIONS = {
-    torch.nn.functional.max_pool2d, torch.nn.functional.avg_pool2d, torch.nn.functional.adaptive_avg_pool2d,
-    torch.nn.functional.max_pool1d,
-}
-_PASS_METHODS = {"relu", "sigmoid", "tanh", "contiguous"}
-_FLATTEN_METHODS = {"flatten", "view", "reshape"}
-
-
-class _NotPrunable(Exception):
-    pass
-
-
 def _refuse_all_structured(layers: dict, reason: str) -> None:
     for name, info in list(layers.items()):
         if "structured" not in info.refused:
             layers[name] = _replace(info, refused={**info.refused, "structured": reason})
 
 
-def _analyse_structured(model: nn.Module, layers: dict, alias_of: dict) -> None:
+def _analyse_structured(model: nn.Module, layers: dict, alias_of: dict) -> dict[str, ChannelGroup]:
+    """Place every layer that may take structured pruning in its channel group (or refuse it, with
+    the reason); returns the groups by name."""
     todo = [n for n, i in layers.items() if "structured" not in i.refused]
     if not todo:
-        return
+        return {}
     try:
         graph = _trace(model)
     except Exception as exc:  # noqa: BLE001 - any tracing failure means "cannot prove it safe"
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         _refuse_all_structured(layers, f"torch.fx could not trace the model ({first[:120]})")
-        return
+        return {}
     modules = dict(model.named_modules())
+    tied = {layers[o].module_name for o in alias_of.values()} | set(alias_of)
+    depthwise = {layers[n].module_name: n for n in todo if layers[n].groups > 1}
+    producers = {layers[n].module_name: n for n in todo if layers[n].groups == 1}
+    params = {**dict(model.named_buffers()), **dict(model.named_parameters())}
+    groups, refused = analyse(graph, modules, producers, depthwise, tied, params)
     calls = {}
     for node in graph.nodes:
         if node.op == "call_module":
-            calls.setdefault(node.target, []).append(node)
-    tied_modules = {layers[o].module_name for o in alias_of.values()} | set(alias_of)
+            calls[node.target] = calls.get(node.target, 0) + 1
+    member_of = {layer: g.name for g in groups.values() for layer in g.layers}
     for name in todo:
         info = layers[name]
-        nodes = calls.get(info.module_name, [])
-        try:
-            if not nodes:
-                raise _NotPrunable(_opaque_reason(info.module_name, calls, modules))
-            if len(nodes) > 1:
-                raise _NotPrunable(f"the module is called {len(nodes)} times (structured pruning needs exactly 1 call)")
-            consumers = _find_consumers(nodes[0], modules, tied_modules)
-            for consumer in consumers:
-                if len(calls.get(consumer.module_name, [])) > 1:
-                    raise _NotPrunable(f"its channels feed {consumer.module_name!r}, which is called more than once")
-            layers[name] = _replace(info, consumers=tuple(consumers))
-        except _NotPrunable as exc:
-            layers[name] = _replace(info, refused={**info.refused, "structured": str(exc)})
+        if name in member_of:
+            layers[name] = _replace(info, channel_group=member_of[name])
+            continue
+        why = refused.get(name) or _unplaced_reason(info, calls, modules)
+        layers[name] = _replace(info, refused={**info.refused, "structured": why})
+    return groups
+
+
+def _unplaced_reason(info: LayerInfo, calls: dict, modules: dict) -> str:
+    n = calls.get(info.module_name, 0)
+    if n > 1:
+        return f"the module is called {n} times (structured pruning needs exactly 1 call)"
+    if n == 0:
+        return _opaque_reason(info.module_name, calls, modules)
+    return "its input channels cannot be pruned (they come from the model input or an op the walk cannot follow)"
 
 
 # Module types torch.fx must not trace into, subclasses included: a user's ``class B(nn.BatchNorm2d)``
@@ -549,93 +566,3 @@ def _opaque_reason(module_name: str, calls: dict, modules: dict) -> str:
         if parent in calls:
             return f"it sits inside {type(modules[parent]).__name__} {parent!r}, which torch.fx traces as one opaque call"
     return "torch.fx never calls it (it is used outside forward, or inside an opaque module)"
-
-
-def _find_consumers(start, modules: dict, tied_modules: set) -> list[Consumer]:
-    channels_last = isinstance(modules[start.target], nn.Linear)  # a Conv's channels are dim 1
-    consumers: list[Consumer] = []
-    frontier = [(user, False) for user in start.users]
-    seen = set()
-    while frontier:
-        node, flattened = frontier.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        step = _classify(node, modules, flattened, tied_modules, channels_last)
-        if step == "stop":
-            continue
-        if isinstance(step, Consumer):
-            consumers.append(step)
-            if step.kind == "batchnorm":
-                frontier.extend((u, flattened) for u in node.users)
-            continue
-        frontier.extend((u, flattened or step == "flatten") for u in node.users)
-    if not any(c.kind != "batchnorm" for c in consumers):
-        raise _NotPrunable("no Linear/Conv consumes its channels (they reach the model output)")
-    return consumers
-
-
-def _classify(node, modules: dict, flattened: bool, tied_modules: set, channels_last: bool = False):
-    """A Consumer for a layer that takes the channels, "pass"/"flatten" to keep walking, "stop"
-    for a node that only reads the batch size."""
-    if node.op == "call_module":
-        mod = modules[node.target]
-        if node.target in tied_modules:
-            raise _NotPrunable(f"its channels feed {node.target!r}, whose weight is tied")
-        if isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)) and not flattened:
-            return Consumer(node.target, "batchnorm")
-        if isinstance(mod, nn.Linear):
-            if not (flattened or channels_last):
-                raise _NotPrunable(f"its channels (dim 1) feed Linear {node.target!r}, which acts on the last dim")
-            return Consumer(node.target, "linear")
-        if type(mod) in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and not flattened:
-            if channels_last:
-                raise _NotPrunable(f"its channels (last dim) feed Conv {node.target!r}, which acts on dim 1")
-            if mod.groups > 1:
-                raise _NotPrunable(f"its channels feed the grouped convolution {node.target!r} (groups={mod.groups})")
-            return Consumer(node.target, "conv")
-        if isinstance(mod, _PASS_MODULES) or (isinstance(mod, _POOL_MODULES) and not (flattened or channels_last)):
-            return "pass"
-        if isinstance(mod, nn.Flatten) and mod.start_dim == 1:
-            return "flatten"
-        raise _NotPrunable(f"its channels feed {node.target!r} ({type(mod).__name__})")
-    if node.op == "call_function":
-        if node.target in _PASS_FUNCTIONS or (node.target in _POOL_FUNCTIONS and not (flattened or channels_last)):
-            return "pass"
-        if _reads_batch_size(node):
-            return "stop"
-        if node.target is torch.flatten and _flatten_from_one(node):
-            return "flatten"
-        what = {operator.add: "a residual sum (add)", torch.add: "a residual sum (add)", torch.cat: "a concat"}
-        raise _NotPrunable(f"its channels feed {what.get(node.target, getattr(node.target, '__name__', str(node.target)))}")
-    if node.op == "call_method":
-        if node.target in _PASS_METHODS:
-            return "pass"
-        if _reads_batch_size(node):
-            return "stop"
-        if node.target in _FLATTEN_METHODS and _flatten_from_one(node):
-            return "flatten"
-        raise _NotPrunable(f"its channels feed the tensor method {node.target!r}")
-    if node.op == "output":
-        raise _NotPrunable("its channels are the model output")
-    raise _NotPrunable(f"its channels feed a {node.op} node")
-
-
-def _reads_batch_size(node) -> bool:
-    """x.size(0) or x.shape[0]: reads only the batch dim, which pruning leaves alone."""
-    if node.op == "call_method" and node.target == "size":
-        return list(node.args[1:]) == [0] or node.kwargs == {"dim": 0}
-    if node.op == "call_function" and node.target is getattr and node.args[1:] == ("shape",):
-        return bool(node.users) and all(
-            u.op == "call_function" and u.target is operator.getitem and u.args[1] == 0 for u in node.users
-        )
-    return False
-
-
-def _flatten_from_one(node) -> bool:
-    """flatten(x, 1), x.flatten(1), x.view(x.size(0), -1) or x.reshape(N, -1)."""
-    args = list(node.args[1:])
-    if node.target in ("view", "reshape"):
-        return len(args) == 2 and args[1] == -1
-    start = args[0] if args else node.kwargs.get("start_dim", 0)
-    return start == 1

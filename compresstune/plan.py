@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping
 from compresstune._validation import check_number, check_one_of, invalid
 from compresstune.errors import PlanError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `structured` is a fraction of the channel group; 1 (a bool) is still read
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
 
 __all__ = ["ALLOWED_BITS", "SCHEMA_VERSION", "CompressionPlan", "LayerPlan"]
@@ -27,37 +27,50 @@ class LayerPlan:
     """How one layer is compressed.
 
     Args:
-        sparsity: fraction of weights set to zero, in [0, 1). With
-            ``structured=True`` it is the fraction of output channels removed.
+        sparsity: fraction of the (remaining) weights set to zero, in [0, 1).
         bits: weight bit-width; 2..8 are integer codes (symmetric, per output
             channel), 16 stores float16 and 32 leaves float32.
         rank: rank of the factorisation ``W = A @ B``; ``None`` means none.
-        structured: prune whole output channels instead of single weights.
+        structured: fraction of output channels removed, in [0, 1). It applies
+            to the layer's whole channel group (the layers a residual sum,
+            concat or depthwise conv ties to it, see
+            :attr:`Discovery.channel_groups <compresstune.layers.Discovery>`);
+            layers of one group that ask for different fractions are an error.
+            ``True`` is the schema-1 form: ``LayerPlan(sparsity=s,
+            structured=True)`` means ``LayerPlan(structured=s)``.
 
     Example:
         >>> LayerPlan(sparsity=0.5, bits=4)
-        LayerPlan(sparsity=0.5, bits=4, rank=None, structured=False)
+        LayerPlan(sparsity=0.5, bits=4, rank=None, structured=0.0)
+        >>> LayerPlan(sparsity=0.25, structured=True)  # schema 1
+        LayerPlan(sparsity=0.0, bits=32, rank=None, structured=0.25)
     """
 
     sparsity: float = 0.0
     bits: int = 32
     rank: int | None = None
-    structured: bool = False
+    structured: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.structured is True:  # schema 1: whole channels, `sparsity` of them
+            object.__setattr__(self, "structured", self.sparsity)
+            object.__setattr__(self, "sparsity", 0.0)
+        elif self.structured is False:
+            object.__setattr__(self, "structured", 0.0)
         check_number("sparsity", self.sparsity, "a number in [0, 1)", lambda v: 0 <= v < 1, PlanError)
+        check_number("structured", self.structured, "a fraction of channels in [0, 1) (or True/False, schema 1)",
+                     lambda v: 0 <= v < 1, PlanError)
         check_one_of("bits", self.bits, ALLOWED_BITS, PlanError)
         if self.rank is not None:
             if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
                 raise invalid("rank", "None or an integer >= 1", self.rank, PlanError)
-        if not isinstance(self.structured, bool):
-            raise PlanError(f"`structured` must be True or False; got {self.structured!r}.")
         object.__setattr__(self, "sparsity", float(self.sparsity))
+        object.__setattr__(self, "structured", float(self.structured))
 
     @property
     def is_identity(self) -> bool:
         """True when the plan leaves the layer exactly as it is."""
-        return self.sparsity == 0 and self.bits == 32 and self.rank is None
+        return self.sparsity == 0 and self.structured == 0 and self.bits == 32 and self.rank is None
 
     def to_dict(self) -> dict[str, Any]:
         return {"sparsity": self.sparsity, "bits": self.bits, "rank": self.rank, "structured": self.structured}
@@ -134,7 +147,7 @@ class CompressionPlan:
         sparsity: float = 0.0,
         bits: int = 32,
         rank_fraction: float | None = None,
-        structured: bool = False,
+        structured: float | bool = 0.0,
         temperature: float = 4.0,
         alpha: float = 0.5,
         layers: Iterable[str] | None = None,
@@ -142,8 +155,11 @@ class CompressionPlan:
         """The same settings for every compressible layer of ``model``.
 
         ``rank_fraction`` is a fraction of each layer's full rank; a layer where
-        the factorisation would not save storage gets no factorisation. Layers
-        that cannot take ``structured`` pruning fall back to unstructured.
+        the factorisation would not save storage gets no factorisation.
+        ``structured`` is the fraction of every channel group's channels
+        removed (``True``, as in schema 1, means ``sparsity`` of them and no
+        unstructured sparsity); layers that cannot take it get ``sparsity``
+        unstructured instead.
 
         Example:
             >>> import torch.nn as nn
@@ -157,10 +173,13 @@ class CompressionPlan:
         names = list(found.layers) if layers is None else list(layers)
         found.check_names(names)
         names = list(dict.fromkeys(found.canonical(n) for n in names))  # a tied weight gets one plan
+        fraction, rest = (sparsity, 0.0) if structured is True else (float(structured), sparsity)
         per_layer = {}
         for name in names:
-            use_structured = structured and found.layers[name].structured_ok is None
-            per_layer[name] = LayerPlan(sparsity=sparsity, bits=bits, structured=use_structured)
+            if fraction and found.layers[name].structured_ok is None:
+                per_layer[name] = LayerPlan(sparsity=rest, bits=bits, structured=fraction)
+            else:
+                per_layer[name] = LayerPlan(sparsity=sparsity if structured is True else rest, bits=bits)
         if rank_fraction is not None:
             # Ranks are fractions of the shapes left after structured pruning, which shrinks consumers too.
             shapes = effective_shapes(found, per_layer)
@@ -183,8 +202,8 @@ class CompressionPlan:
         if not isinstance(data, Mapping):
             raise PlanError(f"a plan must be a mapping; got {type(data).__name__}.")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise PlanError(f"`schema_version` must be {SCHEMA_VERSION}; got {version!r}.")
+        if version not in (1, SCHEMA_VERSION):
+            raise PlanError(f"`schema_version` must be 1 or {SCHEMA_VERSION}; got {version!r}.")
         unknown = set(data) - {"schema_version", "temperature", "alpha", "layers"}
         if unknown:
             raise PlanError(f"unknown plan field(s) {sorted(unknown)}; allowed: schema_version, temperature, alpha, layers.")

@@ -48,8 +48,7 @@ def structure_key(model: nn.Module) -> tuple:
     plan = plan_of(model)
     if plan is None:
         return ()
-    return tuple(sorted((name, lp.bits, lp.rank, lp.sparsity if lp.structured else 0.0)
-                        for name, lp in plan.layers.items()))
+    return tuple(sorted((name, lp.bits, lp.rank, lp.structured) for name, lp in plan.layers.items()))
 
 
 def onnx_cost(model: nn.Module, example: Any, *, batch_size: int = 1, repeats: int = 30, warmup: int = 5,

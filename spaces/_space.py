@@ -81,12 +81,15 @@ def _fraction_choices(fractions, infos: list[LayerInfo]) -> list[float]:
     return sorted(set(by_ranks.values()))
 
 
-def _build_unit(prefix: str, members: list[str], group: str | None, settings: dict, found: Discovery) -> _Unit:
+def _build_unit(prefix: str, members: list[str], group: str | None, settings: dict, found: Discovery,
+                leaders: dict[str, str]) -> _Unit:
     infos = [found.layers[m] for m in members]
     sparsity = _float_knob(f"{prefix}:sparsity", settings["sparsity"]) if _can(infos, "prune") else Fixed(0.0)
     bits = settings["bits"] if _can(infos, "quantize") else [32]
     never_sparse = isinstance(sparsity, Fixed) and sparsity.value == 0
-    structured = [False] if never_sparse or not _can(infos, "prune", "structured") else settings["structured"]
+    # A channel group is one unit: only its leader's knob decides whether (and how much) it is pruned.
+    leads = [info for info in infos if leaders.get(info.name) == info.name]
+    structured = [False] if never_sparse or not _can(leads, "prune", "structured") else settings["structured"]
     return _Unit(
         prefix=prefix,
         members=tuple(members),
@@ -140,6 +143,7 @@ class Space:
         order = {name: i for i, name in enumerate(discovery.layers)}
         self._layers = sorted((m for u in units for m in u.members), key=order.__getitem__)
         self._groups = {name: tuple(members) for name, members in groups.items()}
+        self._leaders = channel_leaders(discovery, self._layers)
         self._params = [k for u in self._units for k in u.knobs if not isinstance(k, Fixed)]
         self._params += [k for k in (temperature, alpha) if not isinstance(k, Fixed)]
         names = [p.name for p in self._params]
@@ -228,7 +232,7 @@ class Space:
             >>> from optuna.trial import FixedTrial
             >>> space = Space.from_config({"bits": [4, 8], "sparsity": 0.5, "rank_fraction": None}, nn.Linear(8, 8))
             >>> space.suggest(FixedTrial({":bits": 4, "distill:temperature": 2.0, "distill:alpha": 0.3})).layers[""]
-            LayerPlan(sparsity=0.5, bits=4, rank=None, structured=False)
+            LayerPlan(sparsity=0.5, bits=4, rank=None, structured=0.0)
         """
         chosen = {}
         for unit in self._units:
@@ -241,18 +245,33 @@ class Space:
     def _plan(self, chosen: dict[str, tuple], temperature: float, alpha: float) -> CompressionPlan:
         plans = {}
         for name in self._layers:
-            sparsity, bits, _, structured = chosen[name]
+            sparsity, bits, _, _ = chosen[name]
             refused = self._found.layers[name].refused
             sparsity = 0.0 if "prune" in refused else float(sparsity)
             bits = 32 if "quantize" in refused else int(bits)
-            structured = bool(structured) and sparsity > 0 and "structured" not in refused
-            plans[name] = LayerPlan(sparsity=sparsity, bits=bits, structured=structured)
+            fraction = self._channel_fraction(name, chosen)
+            if fraction is not None:  # the group's leader chose structured: `sparsity` is then its fraction
+                leader = self._leaders[name]
+                own = 0.0 if leader == name or chosen[name][3] else sparsity
+                plans[name] = LayerPlan(sparsity=own, bits=bits, structured=fraction)
+            else:
+                plans[name] = LayerPlan(sparsity=sparsity, bits=bits)
         shapes = effective_shapes(self._found, plans)
         layers = {
             name: dataclasses.replace(lp, rank=_rank(self._found.layers[name], shapes[name], chosen[name][2]))
             for name, lp in plans.items()
         }
         return CompressionPlan(layers, temperature=float(temperature), alpha=float(alpha))
+
+    def _channel_fraction(self, name: str, chosen: dict[str, tuple]) -> float | None:
+        """The channel fraction of ``name``'s group, when its leader chose structured pruning."""
+        leader = self._leaders.get(name)
+        if leader is None or "structured" in self._found.layers[leader].refused:
+            return None
+        sparsity, _, _, structured = chosen[leader]
+        if not structured or "prune" in self._found.layers[leader].refused or not sparsity:
+            return None
+        return float(sparsity)
 
     def decode(self, params: Mapping[str, Any]) -> CompressionPlan:
         """The plan ``suggest`` gives for these parameter values (e.g. ``trial.params``).
@@ -364,18 +383,31 @@ def _space_config(space_cfg) -> SpaceConfig:
     raise ConfigError(f"`space_cfg` must be a SpaceConfig, a StudyConfig or a mapping; got {type(space_cfg).__name__}.")
 
 
+def channel_leaders(found: Discovery, selected: list[str]) -> dict[str, str]:
+    """Searched layer -> the first searched layer of its channel group (whose ``structured`` knob
+    and sparsity decide the whole group's channel fraction)."""
+    leaders: dict[str, str] = {}
+    first: dict[str, str] = {}
+    for name in selected:  # model order
+        group = found.layers[name].channel_group
+        if group is not None:
+            leaders[name] = first.setdefault(group, name)
+    return leaders
+
+
 def _units(found: Discovery, cfg: SpaceConfig, selected: list[str], per_layer: dict, groups: dict) -> list[_Unit]:
+    leaders = channel_leaders(found, selected)
     group_of = {m: g for g, members in groups.items() for m in members}
     index = {g.name: i for i, g in enumerate(cfg.groups)}
     units, done = [], set()
     for name in selected:  # model order; a group sits where its first member is
         group = group_of.get(name)
         if group is None:
-            units.append(_build_unit(name, [name], None, per_layer[name], found))
+            units.append(_build_unit(name, [name], None, per_layer[name], found, leaders))
         elif group not in done:
             done.add(group)
             settings = group_knobs(index[group], cfg.groups[index[group]], groups[group], per_layer)
-            units.append(_build_unit(group, groups[group], group, settings, found))
+            units.append(_build_unit(group, groups[group], group, settings, found, leaders))
     return units
 
 

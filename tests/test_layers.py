@@ -8,7 +8,6 @@ from torch import nn
 
 import compresstune as ct
 from compresstune.errors import PlanError
-from compresstune.layers import Consumer
 from tests.conftest import (
     Concat,
     ConvIntoLinearWithoutFlatten,
@@ -123,20 +122,25 @@ def test_check_names_lists_close_matches_and_the_known_layers():
 
 # -- structured-pruning analysis -----------------------------------------------------------------
 
-def test_structured_consumers_through_bn_pool_and_view_flatten():
+def shrinks(found, layer):
+    """(member, role) pairs the channel group of ``layer`` shrinks."""
+    return [(m.name, m.role) for m in found.group_of(layer).members]
+
+
+def test_structured_groups_through_bn_pool_and_view_flatten():
     found = ct.discover(SmallCNN())
-    assert found.layers["conv1"].consumers == (Consumer("bn1", "batchnorm"), Consumer("conv2", "conv"))
-    assert found.layers["conv2"].consumers == (Consumer("fc1", "linear"),)  # through pool + x.view(x.size(0), -1)
-    assert found.layers["fc1"].consumers == (Consumer("fc2", "linear"),)
+    assert shrinks(found, "conv1") == [("conv1", "layer"), ("bn1", "norm"), ("conv2", "reader")]
+    assert shrinks(found, "conv2") == [("conv2", "layer"), ("fc1", "reader")]  # through pool + x.view(x.size(0), -1)
+    assert shrinks(found, "fc1") == [("fc1", "layer"), ("fc2", "reader")]
     assert "model output" in found.layers["fc2"].refused["structured"]
 
 
 @pytest.mark.parametrize(
     "model, layer, reason",
     [
-        (Residual(), "a", "residual sum"),
+        (Residual(), "a", "residual sum (add) with a tensor whose channels cannot be pruned"),
         (Residual(), "b", "model output"),
-        (Concat(), "a", "concat"),
+        (Concat(), "c", "model output"),
         (IntoAttention(), "proj", "'attn' (MultiheadAttention)"),
         (Untraceable(), "a", "torch.fx could not trace"),
         (EveryKind(), "enc.linear1", "inside TransformerEncoderLayer 'enc', which torch.fx traces as one opaque call"),
@@ -144,7 +148,7 @@ def test_structured_consumers_through_bn_pool_and_view_flatten():
         (SharedConsumer(), "a", "called more than once"),
         (nn.Sequential(nn.Linear(4, 4), nn.MaxPool1d(2), nn.Linear(2, 2)), "0", "MaxPool1d"),
     ],
-    ids=["residual", "residual-output", "concat", "attention", "untraceable", "opaque", "conv-linear-dim",
+    ids=["residual-with-input", "residual-output", "concat-output", "attention", "untraceable", "opaque", "conv-linear-dim",
          "shared-consumer", "pool-over-linear-channels"],
 )
 def test_structured_pruning_is_refused_with_the_reason(model, layer, reason):

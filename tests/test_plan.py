@@ -70,7 +70,9 @@ def test_sparsity_int_is_normalised_to_float():
         ({"rank": -3}, "rank", ">= 1"),
         ({"rank": 2.5}, "rank", ">= 1"),
         ({"rank": True}, "rank", ">= 1"),
-        ({"structured": "yes"}, "structured", "True or False"),
+        ({"structured": "yes"}, "structured", "[0, 1)"),
+        ({"structured": 1.0}, "structured", "[0, 1)"),
+        ({"structured": -0.1}, "structured", "[0, 1)"),
     ],
 )
 def test_layer_plan_rejects_bad_values(kwargs, field, allowed):
@@ -203,8 +205,11 @@ def test_uniform_rank_fraction_only_where_it_saves_storage_and_never_on_refused_
 def test_uniform_structured_falls_back_to_unstructured_where_refused():
     model = SmallCNN()
     plan = CompressionPlan.uniform(model, sparsity=0.5, structured=True)
-    assert [lp.structured for lp in plan.layers.values()] == [True, True, True, False]  # fc2 is the output
+    assert [(lp.structured, lp.sparsity) for lp in plan.layers.values()] == [(0.5, 0.0)] * 3 + [(0.0, 0.5)]  # fc2: output
     ct.apply(model, plan)
+    both = CompressionPlan.uniform(model, sparsity=0.3, structured=0.5)  # schema 2: channels, then weights
+    assert [(lp.structured, lp.sparsity) for lp in both.layers.values()] == [(0.5, 0.3)] * 3 + [(0.0, 0.3)]
+    ct.apply(model, both)
 
 
 def test_uniform_ranks_fit_the_shapes_left_by_structured_pruning():

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 import compresstune as ct
-from compresstune.layers import Consumer
 from compresstune.plan import CompressionPlan, LayerPlan
 
 
@@ -52,19 +51,20 @@ def test_subclasses_are_leaves_and_refusals_stay_per_layer():
     refused = {name: info.refused.get("structured") for name, info in found.layers.items()}
     assert refused["expand"] is None and refused["reduce"] is None and refused["fc"] is None
     assert "model output" in refused["head"]  # the only refusal, with its own reason
-    assert found.layers["expand"].consumers == (Consumer("bn1", "batchnorm"), Consumer("reduce", "conv"))
-    assert found.layers["reduce"].consumers == (Consumer("bn2", "batchnorm"), Consumer("fc", "linear"))
-    assert found.layers["fc"].consumers == (Consumer("head", "linear"),)
+    roles = {name: [(m.name, m.role) for m in found.group_of(name).members] for name in ("expand", "reduce", "fc")}
+    assert roles["expand"] == [("expand", "layer"), ("bn1", "norm"), ("reduce", "reader")]
+    assert roles["reduce"] == [("reduce", "layer"), ("bn2", "norm"), ("fc", "reader")]
+    assert roles["fc"] == [("fc", "layer"), ("head", "reader")]
 
 
 def test_a_subclass_with_unknown_channel_use_is_refused_by_name():
     class Scale(nn.Module):
         def forward(self, x):
-            return x * 2
+            return x * torch.ones(8).view(1, -1, 1, 1)  # a tensor made in forward: its channels are unknown
 
     model = nn.Sequential(nn.Conv2d(3, 8, 1), PlainBN(8), Scale(), nn.Conv2d(8, 4, 1))
     found = ct.discover(model)
-    assert found.layers["0"].refused["structured"] == "its channels feed mul"
+    assert found.layers["0"].refused["structured"] == "its channels feed a product (mul) with a tensor whose channels cannot be pruned"
     assert "model output" in found.layers["3"].refused["structured"]
 
 

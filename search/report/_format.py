@@ -118,6 +118,15 @@ def _fmt_val(data: ReportData, value: Any) -> str:
     return _fmt_acc(value) if _is_accuracy(data) else _fmt_num(value)
 
 
+def _channel_text(spec: dict, sparsity: float) -> str:
+    """`` c0.50`` for a layer losing half its channels (schema 2 fraction, or schema 1's flag)."""
+    structured = spec.get("structured")
+    if structured is True:
+        return f" c{sparsity:.2f}"
+    fraction = _pareto._float_or_nan(structured) if structured not in (None, False) else 0.0
+    return f" c{fraction:.2f}" if fraction > 0 else ""
+
+
 def _plan_lines(plan: Any, layers: Sequence[str], limit: int = 14) -> list[str]:
     """``fc1 s0.90 b4 r—`` per layer, in model order, capped at ``limit`` lines."""
     parsed = _parse_plan(plan)
@@ -126,10 +135,12 @@ def _plan_lines(plan: Any, layers: Sequence[str], limit: int = 14) -> list[str]:
     for name in [n for n in layers if n in specs] + [n for n in specs if n not in layers]:
         spec = specs[name] or {}
         rank = spec.get("rank")
-        structured = "ch" if spec.get("structured") else ""
         sparsity = _pareto._float_or_nan(spec.get("sparsity"))
+        channels = _channel_text(spec, sparsity)
+        if spec.get("structured") is True:  # schema 1: `sparsity` was the channel fraction
+            sparsity = 0.0
         rank_text = "—" if rank is None else rank
-        lines.append(f"{name} s{sparsity:.2f}{structured} b{spec.get('bits', '?')} r{rank_text}")
+        lines.append(f"{name} s{sparsity:.2f}{channels} b{spec.get('bits', '?')} r{rank_text}")
     if len(lines) > limit:
         lines = lines[:limit] + [f"… {len(lines) - limit} more layers"]
     if "temperature" in parsed or "alpha" in parsed:
