@@ -7,10 +7,11 @@ the reason. Operator support by layer kind:
 =========================  =================  ======  ========  ========  ==========
 module                     kind               prune   quantize  low-rank  structured
 =========================  =================  ======  ========  ========  ==========
-nn.Linear                  linear             yes     yes       yes       if traced
+nn.Linear                  linear             yes     yes       yes       by group
 transformers Conv1D        transposed_linear  yes     yes       yes       no
-nn.Conv1d / 2d / 3d        conv1d/2d/3d       yes     yes       yes       if traced
-grouped / depthwise conv   conv1d/2d/3d       yes     yes       no        no
+nn.Conv1d / 2d / 3d        conv1d/2d/3d       yes     yes       yes       by group
+depthwise conv             conv1d/2d/3d       yes     yes       no        by group
+other grouped conv         conv1d/2d/3d       yes     yes       no        no
 nn.ConvTranspose1d/2d/3d   conv_transpose1d.. yes     yes       groups=1  no
 nn.Embedding               embedding          yes     yes       yes       no
 attention projection       attention          yes     yes       yes       no
@@ -28,11 +29,12 @@ takes the layer's sparsity and bits, and its rank where that factorisation saves
 storage on the matrix; the biases stay float32. ``LayerInfo.matrices`` lists the
 matrices, and the artifact holds one record per matrix.
 
-"if traced": structured (output-channel) pruning needs torch.fx to find every
-consumer of the layer's channels; it is refused, with the reason, when tracing
-fails or the channels reach anything other than element-wise ops, pooling,
-batch norm, flatten and the next Linear/Conv (a residual sum, a concat, an
-attention block, the model output).
+"by group": structured (output-channel) pruning removes the channels of a
+:class:`~compresstune.channels.ChannelGroup` together, found by one torch.fx walk
+(residual sums, concats, channel pads, depthwise convs, norms and per-channel
+scales; see :mod:`compresstune.channels`). It is refused, with the reason, when
+tracing fails or the group's channels reach something the walk cannot follow
+(an attention block, a reshape that mixes channels, the model output).
 """
 
 from __future__ import annotations

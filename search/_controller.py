@@ -110,10 +110,18 @@ def _study_attrs(config: StudyConfig, base: dict, space: Space, settings: TrialS
         "constraint_names": constraint_names(settings),
         "layers": list(space.layers),
         "layer_shapes": {n: [space.discovery.layers[n].rows, space.discovery.layers[n].cols] for n in space.layers},
+        "channel_groups": _channel_groups(space),
         "started_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, {platform.system()})",
         "versions": _versions(),
     }
+
+
+def _channel_groups(space) -> dict:
+    """The channel groups the space can prune, for the report: name -> its layers and regions."""
+    searched = set(space.layers)
+    return {name: {"layers": list(g.layers), "regions": [list(r) for r in g.regions()]}
+            for name, g in space.discovery.channel_groups.items() if searched & set(g.layers)}
 
 
 def _versions() -> dict:

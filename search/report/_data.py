@@ -158,6 +158,8 @@ class ReportData(NamedTuple):
         layers: layer FQNs in model order.
         heatmaps: ``{"sparsity"|"bits"|"rank_fraction": DataFrame}``, rows = Pareto
             trial numbers in ``front`` order, columns = ``layers``.
+        channels: fraction of each channel group's channels a Pareto trial keeps (rows
+            as ``heatmaps``, columns = groups), or None when no Pareto trial prunes channels.
         distillation: Pareto trial number -> ``{"temperature", "alpha"}``.
         importances: metric name -> {param name: importance}, most important first.
         importance_note: why importances are missing, or None.
@@ -210,6 +212,7 @@ class ReportData(NamedTuple):
     metric: str = "accuracy"
     direction: str = "maximize"
     onnx_commands: Mapping[int, str] = {}  # Pareto trial number -> the command that exports it to ONNX
+    channels: pd.DataFrame | None = None
 
 
 def report_data(study: Any, *, study_dir: str | Path | None = None) -> ReportData:
@@ -255,6 +258,7 @@ def report_data(study: Any, *, study_dir: str | Path | None = None) -> ReportDat
         baseline=_baseline(attrs),
         layers=layers,
         heatmaps=_heatmaps(front, layers),
+        channels=_channels(front, attrs.get("channel_groups")),
         distillation=_distillation(front),
         importances=importances,
         importance_note=note,
@@ -391,6 +395,38 @@ def _heatmaps(front: pd.DataFrame, layers: list[str]) -> dict[str, pd.DataFrame]
             rows.append([_knob_value(knob, layer, specs.get(layer) or {}, row) for layer in layers])
         out[knob] = pd.DataFrame(rows, index=index, columns=pd.Index(layers, name="layer"), dtype=float)
     return out
+
+
+def _group_fraction(specs: Mapping[str, Any], layers: Sequence[str]) -> float:
+    """The channel fraction a plan gives a group (any member's request; schema 1's flag included)."""
+    for layer in layers:
+        spec = specs.get(layer) or {}
+        structured = spec.get("structured")
+        if structured is True:
+            return _pareto._float_or_nan(spec.get("sparsity"))
+        if structured not in (None, False) and _pareto._float_or_nan(structured) > 0:
+            return _pareto._float_or_nan(structured)
+    return 0.0
+
+
+def _channels(front: pd.DataFrame, groups: Any) -> pd.DataFrame | None:
+    """Kept fraction of each channel group's channels per Pareto trial (as ``apply`` rounds it:
+    every region keeps at least one channel)."""
+    if not isinstance(groups, Mapping) or not groups or not len(front):
+        return None
+    rows = []
+    for plan in front["plan"]:
+        specs = _parse_plan(plan).get("layers") or {}
+        row = []
+        for info in groups.values():
+            fraction = _group_fraction(specs, info.get("layers", []))
+            regions = [int(length) for _, length in info.get("regions", [])]
+            kept = sum(max(1, n - int(round(fraction * n))) for n in regions)
+            row.append(kept / max(sum(regions), 1))
+        rows.append(row)
+    index = pd.Index(front["number"].astype(int), name="number")
+    table = pd.DataFrame(rows, index=index, columns=pd.Index(list(groups), name="group"), dtype=float)
+    return table if (table < 1).to_numpy().any() else None
 
 
 def _distillation(front: pd.DataFrame) -> dict[int, dict[str, float]]:

@@ -335,6 +335,7 @@ _HEAT = {
     "sparsity": ("Sparsity", "Blues", False, 0.0, 1.0),
     "bits": ("Bit-width", "Blues", True, 1.0, 5.0),  # colour on log2(bits)
     "rank_fraction": ("Rank fraction (1 = no factorisation)", "Blues", True, 0.0, 1.0),
+    "channels": ("Channels kept per channel group (structured pruning)", "Blues", True, 0.0, 1.0),
 }
 
 
@@ -346,10 +347,14 @@ def _heatmap_section(go, data: ReportData) -> str:
         for r in data.front.itertuples()
     ]
     figs = [_fig_heatmap(go, data.heatmaps[k], k, labels) for k in KNOBS]
-    note = ("Rows: Pareto trials from smallest to largest; columns: layers in model order. "
-            "Darker means more compression on every map.")
+    keys = list(KNOBS)
+    if data.channels is not None:
+        figs.append(_fig_heatmap(go, data.channels, "channels", labels))
+        keys.append("channels")
+    note = ("Rows: Pareto trials from smallest to largest; columns: layers in model order (channel groups, named "
+            "by their first layer, on the channels map). Darker means more compression on every map.")
     return f'<p class="note">{note}</p>' + "".join(
-        f'<div class="plot">{_fig_html(f, f"fig-heat-{k}")}</div>' for f, k in zip(figs, KNOBS)
+        f'<div class="plot">{_fig_html(f, f"fig-heat-{k}")}</div>' for f, k in zip(figs, keys)
     )
 
 

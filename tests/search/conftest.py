@@ -96,6 +96,7 @@ def study_attrs(*, third: str | None = None) -> dict[str, Any]:
         "max_accuracy_drop": MAX_DROP,
         "constraint_names": CONSTRAINT_NAMES,
         "layers": LAYERS,
+        "channel_groups": {"features.3": {"layers": ["features.3"], "regions": [[0, 16]]}},
         "started_at": T0.isoformat(),
         "machine": "test-box (2 cores)",
         "versions": {"compresstune": "0.1.0", "torch": "2.13.0", "optuna": optuna.__version__, "ray": "none",

@@ -265,11 +265,21 @@ def test_write_report_rejects_a_file_as_out_dir(study, tmp_path):
         write_report(study, target)
 
 
+def test_channels_heatmap_shows_the_kept_fraction_of_each_group(study, kit):
+    data = report_data(study)
+    assert list(data.channels.columns) == ["features.3"] and len(data.channels) == len(data.front)
+    for number, kept in data.channels["features.3"].items():
+        fraction = kit.params_for(number)["features.3:sparsity"]  # schema-1 plans: structured + sparsity
+        assert kept == pytest.approx(max(1, 16 - round(fraction * 16)) / 16)
+    page = _figures._heatmap_section(__import__("plotly.graph_objects").graph_objects, data)
+    assert "fig-heat-channels" in page and "Channels kept per channel group" in page
+
+
 def test_plan_hover_is_compact(kit):
     lines = _format._plan_lines(kit.plan_for(kit.params_for(2)), kit.LAYERS)
     assert lines[2] == "fc1 s0.05 b32 r16"
     assert lines[3].startswith("fc2 s0.20 b2 r—")
-    assert lines[1].startswith("features.3 s0.85ch")
+    assert lines[1].startswith("features.3 s0.00 c0.85 b")  # schema 1's flag: the sparsity is its channel fraction
     assert lines[-1] == "KD T=3 α=0.5"
 
 

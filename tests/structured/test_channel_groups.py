@@ -380,3 +380,24 @@ def test_resnet_group_importance_is_one_set_of_indices():
     for name in ("layer2.conv2", "layer3.conv2", "layer2.downsample.0"):  # same rows kept in every member
         torch.testing.assert_close(plain.get_submodule(name).weight, modules[name].weight[keep])
     torch.testing.assert_close(plain.layer3.conv1.weight, modules["layer3.conv1"].weight[:, keep])  # and read
+
+
+@pytest.mark.parametrize("cls", [OptionAResNet, TinyConvNeXt, TinyDenseNet], ids=lambda c: c.__name__)
+def test_saved_artifact_loads_back_into_a_fresh_model(tmp_path, cls):
+    model = warmed(cls())
+    found = ct.discover(model)
+    small = ct.apply(model, CompressionPlan({g: LayerPlan(structured=0.5, bits=4) for g in found.channel_groups}))
+    path = tmp_path / "small.ctz"
+    assert ct.save(small, path) == path.stat().st_size
+    back = ct.load(path, into=cls()).eval()  # fresh weights: the shapes follow from the plan alone
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), small.eval()(x))
+
+
+def test_option_a_pruned_model_exports_to_onnx(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = warmed(OptionAResNet())
+    small = ct.apply(model, CompressionPlan.uniform(model, structured=0.5, bits=8))
+    result = ct.export_onnx(small, torch.randn(2, 3, 16, 16), tmp_path / "small.onnx")  # checks it in ONNX Runtime
+    assert (tmp_path / "small.onnx").stat().st_size > 0 and result is not None
