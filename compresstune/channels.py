@@ -573,12 +573,12 @@ _POOL_FUNCTIONS = {
 
 # -- from the walk to groups ----------------------------------------------------------------------------
 
-def analyse(graph, modules: dict, producers: dict, depthwise: dict, tied: set, params: dict) \
-        -> tuple[dict[str, ChannelGroup], dict[str, str]]:
+def analyse(graph, modules: dict, producers: dict, depthwise: dict, tied: set, params: dict,
+            order: Mapping[str, int] | None = None) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
     """Walk ``graph`` and return (group name -> ChannelGroup, layer FQN -> refusal reason).
 
-    ``producers`` / ``depthwise``: module FQN -> plan layer FQN of the layers that may be pruned.
-    Every producer ends up in exactly one group or refused.
+    ``producers`` / ``depthwise``: module FQN -> plan layer FQN of the layers that may be pruned;
+    ``order``: layer FQN -> its place in the model (a group's layers, and so its name, follow it).
     """
     calls: dict[str, int] = {}
     for node in graph.nodes:
@@ -586,10 +586,10 @@ def analyse(graph, modules: dict, producers: dict, depthwise: dict, tied: set, p
             calls[node.target] = calls.get(node.target, 0) + 1
     walk = _Walk(modules, producers, depthwise, calls, tied, params)
     walk.run(graph)
-    return _groups(walk)
+    return _groups(walk, order or {})
 
 
-def _groups(walk: _Walk) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
+def _groups(walk: _Walk, order: Mapping[str, int]) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
     by_root: dict[int, list[int]]
     groups: dict[str, ChannelGroup] = {}
     refused: dict[str, str] = {}
@@ -601,7 +601,7 @@ def _groups(walk: _Walk) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
         offsets = {s: walk.find(s)[1] for s in spaces}
         low = min(offsets.values())
         placed = {s: (offsets[s] - low, walk.sizes[s]) for s in spaces}
-        layers = _group_layers(walk, set(spaces))
+        layers = sorted(_group_layers(walk, set(spaces)), key=lambda n: order.get(n, len(order)))
         if not layers:
             continue
         reason = next((walk.refused[s] for s in spaces if s in walk.refused), None)

@@ -507,7 +507,8 @@ def _analyse_structured(model: nn.Module, layers: dict, alias_of: dict) -> dict[
     depthwise = {layers[n].module_name: n for n in todo if layers[n].groups > 1}
     producers = {layers[n].module_name: n for n in todo if layers[n].groups == 1}
     params = {**dict(model.named_buffers()), **dict(model.named_parameters())}
-    groups, refused = analyse(graph, modules, producers, depthwise, tied, params)
+    groups, refused = analyse(graph, modules, producers, depthwise, tied, params,
+                              order={name: i for i, name in enumerate(layers)})
     calls = {}
     for node in graph.nodes:
         if node.op == "call_module":

@@ -271,7 +271,7 @@ def check_prunes_squashes_exports_and_trains(model: nn.Module, groups, fraction:
 def test_resnet_downsample_shortcut_couples_the_block_outputs():
     found = ct.discover(TinyResNet())
     stream = found.group_of("layer2.conv2")
-    assert stream.layers == ("layer2.downsample.0", "layer2.conv2", "layer3.conv2")  # the stage-2 sums
+    assert stream.layers == ("layer2.conv2", "layer2.downsample.0", "layer3.conv2")  # the stage-2 sums, model order
     assert found.group_of("conv1").layers == ("conv1", "layer1.conv2")  # stem + identity shortcut
     assert {("layer2.downsample.1", "norm"), ("layer2.bn2", "norm"), ("layer3.bn2", "norm"), ("fc", "reader"),
             ("layer3.conv1", "reader")} <= roles(found, "layer3.conv2")
@@ -401,3 +401,56 @@ def test_option_a_pruned_model_exports_to_onnx(tmp_path):
     small = ct.apply(model, CompressionPlan.uniform(model, structured=0.5, bits=8))
     result = ct.export_onnx(small, torch.randn(2, 3, 16, 16), tmp_path / "small.onnx")  # checks it in ONNX Runtime
     assert (tmp_path / "small.onnx").stat().st_size > 0 and result is not None
+
+
+def test_space_gives_each_channel_group_one_structured_knob():
+    import optuna
+
+    from compresstune.spaces import Space
+
+    model = TinyResNet()
+    space = Space.from_config({"sparsity": {"low": 0.0, "high": 0.6}, "bits": [8, 32], "rank_fraction": None,
+                               "structured": [False, True]}, model)
+    knobs = [n.split(":")[0] for n in space.param_names if n.endswith(":structured")]
+    assert knobs == ["conv1", "layer1.conv1", "layer2.conv1", "layer2.conv2", "layer3.conv1"]  # leaders only
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen_structured = False
+    for _ in range(12):
+        trial = study.ask()
+        plan = space.suggest(trial)
+        stream = [plan.layers[n].structured for n in ("layer2.downsample.0", "layer2.conv2", "layer3.conv2")]
+        assert len(set(stream)) == 1  # one fraction for the whole residual stream of stage 2
+        if trial.params["layer2.conv2:structured"]:
+            seen_structured = True
+            assert stream[0] == pytest.approx(trial.params["layer2.conv2:sparsity"])
+        ct.apply(model, plan)  # never a conflict
+        study.tell(trial, 0.0)
+    assert seen_structured
+
+
+def test_refusals_name_what_blocks_the_group():
+    class SharedBN(nn.Module):  # one BatchNorm used on two tensors
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.bn, self.c = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.c(self.bn(self.a(x)) + self.bn(self.b(x)))
+
+    class DepthwiseOverConcat(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+            self.dw, self.c = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            return self.c(self.dw(torch.cat([self.a(x), self.b(x)], 1)))
+
+    shared = ct.discover(SharedBN())
+    assert "its channels feed 'bn', which is called more than once" in shared.layers["a"].refused["structured"]
+    assert "tied (by a residual sum or concat)" in shared.layers["b"].refused["structured"] or \
+        "called more than once" in shared.layers["b"].refused["structured"]
+    split = ct.discover(DepthwiseOverConcat())
+    assert "depthwise convolution 'dw'" in split.layers["a"].refused["structured"]
+    assert "structured" in split.layers["dw"].refused
+    assert split.layers["c"].refused["structured"] == "its channels are the model output"
