@@ -17,7 +17,7 @@ The best searched plan and the uniform plan then get the same longer fine-tune a
 measured on the 10,000 test images (95% Wilson interval), with CPU latency of the squashed
 model at batch 1 and 32 beside the baseline's, interleaved, median of repeats.
 
-    nice -n 10 .venv/bin/python benchmarks/structured_resnet56.py            # about 45 min on 2 busy cores
+    nice -n 10 .venv/bin/python benchmarks/structured_resnet56.py            # about 50 min on one thread of a busy machine
     nice -n 10 .venv/bin/python benchmarks/structured_resnet56.py --trials 4 --search-steps 20 --final-steps 40  # smoke
 """
 
@@ -107,10 +107,10 @@ def accuracy_row(name: str, model, task, macs_ratio: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=16)
-    parser.add_argument("--search-steps", type=int, default=100)
-    parser.add_argument("--final-steps", type=int, default=1500)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--search-steps", type=int, default=80)
+    parser.add_argument("--final-steps", type=int, default=1000)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

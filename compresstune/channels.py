@@ -299,6 +299,8 @@ class _Walk:
             raise _Refuse(f"its channels feed {name!r}, whose weight is tied")
         if isinstance(mod, nn.modules.batchnorm._BatchNorm) and layout.at_dim1():
             return self.member(name, "norm", layout)
+        if isinstance(mod, nn.BatchNorm1d) and not layout.flat and layout.axis == -1 and layout.ndim is None:
+            return self.member(name, "norm", layout.moved(ndim=2))  # a Linear's (N, C) output: BatchNorm1d runs on 2-D
         if isinstance(mod, nn.LayerNorm) and layout.at_last() and not layout.flat \
                 and tuple(mod.normalized_shape) == (layout.width,):
             return self.member(name, "norm", layout)
@@ -350,7 +352,7 @@ class _Walk:
             channels_last = layout.flat and layout.axis != 1
             self.members.append(Member(name, "reader", layout.segments, width=layout.width, channels_last=channels_last))
             return
-        if type(mod) in _CONVS or isinstance(mod, _CONVS) and not mod.transposed:
+        if isinstance(mod, _CONVS):
             if not layout.at_dim1():
                 raise _Refuse(f"its channels (last dim) feed Conv {name!r}, which acts on dim 1")
             if mod.groups > 1:
@@ -396,6 +398,8 @@ class _Walk:
 
     def binary(self, node, layouts) -> _Layout:
         args = list(node.args[:2])
+        if len(args) < 2:
+            args.append(node.kwargs.get("other"))
         sides = [layouts.get(a) if isinstance(a, torch.fx.Node) else None for a in args]
         what = "a residual sum (add)" if node.target in _SUMS else f"a product ({getattr(node.target, '__name__', node.target)})"
         if sides[0] is not None and sides[1] is not None:
