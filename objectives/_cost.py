@@ -199,8 +199,8 @@ def multiply_accumulates(model: nn.Module, example: Any, *, task: Task | None = 
 
 def macs_key(model: nn.Module) -> tuple:
     """What :func:`multiply_accumulates` of an applied plan depends on (for one base model and
-    input): per layer its rank and, when structured, its pruned share; bit-widths and unstructured
-    sparsity are left out (squash keeps those shapes dense).
+    input): the layers whose shapes the plan changes, each with its rank and, when structured, its
+    pruned share; bit-widths and unstructured sparsity are left out (squash keeps those shapes dense).
 
     Example:
         >>> import torch.nn as nn, compresstune as ct
@@ -213,5 +213,5 @@ def macs_key(model: nn.Module) -> tuple:
     plan = plan_of(model)
     if plan is None:
         return ()
-    return tuple(sorted((name, lp.rank, lp.structured, lp.sparsity if lp.structured else 0.0)
-                        for name, lp in plan.layers.items()))
+    return tuple(sorted((name, lp.rank, lp.sparsity if lp.structured else 0.0) for name, lp in plan.layers.items()
+                        if lp.rank is not None or (lp.structured and lp.sparsity > 0)))

@@ -144,8 +144,8 @@ TRIAL_KEYS: dict[str, tuple[str, str]] = {
     REJECTED: ("str", "`budget`: over a budget known before training, scored without fine-tuning"),
     OVER_BUDGET: ("list[str]", "the bops/macs/latency/onnx budgets a rejected plan breaks"),
     BOPS: ("float", "bit-operations per example (a bops budget or objective)"),
-    MACS: ("float", "dense multiply-accumulates per example of the squashed plan, counted before training (a macs "
-                    "budget or objective)"),
+    MACS: ("float", ("dense multiply-accumulates per example of the squashed plan, counted before training "
+                     "(a macs budget or objective)")),
     LATENCY_BEFORE_TRAINING_MS: ("float", "latency measured before training (a latency budget)"),
     STOPPED_AT_RUNG: ("int", "the step at which early stopping ended the fine-tune"),
     STOPPED_BY: ("dict", "the stop decision: step, accuracy, the dominating trial, its size and accuracy, margin"),
