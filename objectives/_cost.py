@@ -199,8 +199,9 @@ def multiply_accumulates(model: nn.Module, example: Any, *, task: Task | None = 
 
 def macs_key(model: nn.Module) -> tuple:
     """What :func:`multiply_accumulates` of an applied plan depends on (for one base model and
-    input): the layers whose shapes the plan changes, each with its rank and, when structured, its
-    pruned share; bit-widths and unstructured sparsity are left out (squash keeps those shapes dense).
+    input): the layers whose shapes the plan changes, each with its rank and the fraction of output
+    channels it removes (``structured``); bit-widths and unstructured sparsity are left out (squash
+    keeps those shapes dense).
 
     Example:
         >>> import torch.nn as nn, compresstune as ct
@@ -213,5 +214,13 @@ def macs_key(model: nn.Module) -> tuple:
     plan = plan_of(model)
     if plan is None:
         return ()
-    return tuple(sorted((name, lp.rank, lp.sparsity if lp.structured else 0.0) for name, lp in plan.layers.items()
-                        if lp.rank is not None or (lp.structured and lp.sparsity > 0)))
+    keys = ((name, lp.rank, _channels_removed(lp)) for name, lp in plan.layers.items())
+    return tuple(sorted(k for k in keys if k[1] is not None or k[2] > 0))
+
+
+def _channels_removed(lp) -> float:
+    """The fraction of output channels a layer plan removes: ``structured`` (plan schema 2), or
+    ``sparsity`` when ``structured`` is the schema-1 flag ``True``."""
+    if lp.structured is True:
+        return float(lp.sparsity)
+    return float(lp.structured or 0.0)

@@ -141,6 +141,17 @@ def test_macs_are_counted_before_training_once_per_structure(monkeypatch) -> Non
     assert macs_key(apply(ctx.model, same[0])) == macs_key(apply(ctx.model, same[1]))
 
 
+def test_each_channel_fraction_is_its_own_structure() -> None:
+    ctx = _context(extra="macs")
+    plans = [CompressionPlan({"0": LayerPlan(structured=f, sparsity=sp, bits=8)})
+             for f, sp in ((0.5, 0.0), (0.25, 0.0), (0.5, 0.3))]
+    outs = [run_checked(p, ctx, budgets=Budgets(max_macs=250.0)) for p in plans]
+    truth = [multiply_accumulates(apply(ctx.model, p), ctx.example) for p in plans]
+    assert [o.user_attrs["macs"] for o in outs] == truth == [8 * 16 + 16 * 2.0, 8 * 24 + 24 * 2.0, 160.0]
+    assert len(ctx.macs_cache) == 2  # the third plan only adds unstructured zeros to the first
+    assert [o.constraints["max_macs"] for o in outs] == [-90.0, -10.0, -90.0]
+
+
 def test_the_macs_objective_without_a_budget_still_records_macs() -> None:
     ctx = _context(extra="macs")
     out = run_checked(CompressionPlan({"0": LayerPlan(bits=8, rank=2)}), ctx)  # no budget: run_trial itself
