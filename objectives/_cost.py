@@ -10,12 +10,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from compresstune.compress import TiedTo, squash
+from compresstune.compress import TiedTo, plan_of, squash
 from compresstune.layers import is_transposed_linear
 from compresstune.ops import CompressedWeight
 from compresstune.task import Task, move, take_rows
 
-__all__ = ["bit_operations", "latency_ms", "multiply_accumulates"]
+__all__ = ["bit_operations", "latency_ms", "macs_key", "multiply_accumulates"]
 
 
 @torch.inference_mode()
@@ -195,3 +195,32 @@ def multiply_accumulates(model: nn.Module, example: Any, *, task: Task | None = 
         for h in hooks:
             h.remove()
     return total
+
+
+def macs_key(model: nn.Module) -> tuple:
+    """What :func:`multiply_accumulates` of an applied plan depends on (for one base model and
+    input): the layers whose shapes the plan changes, each with its rank and the fraction of output
+    channels it removes (``structured``); bit-widths and unstructured sparsity are left out (squash
+    keeps those shapes dense).
+
+    Example:
+        >>> import torch.nn as nn, compresstune as ct
+        >>> m = nn.Linear(8, 4)
+        >>> a = ct.apply(m, ct.CompressionPlan.uniform(m, bits=4, sparsity=0.5))
+        >>> b = ct.apply(m, ct.CompressionPlan.uniform(m, bits=8, sparsity=0.1))
+        >>> macs_key(a) == macs_key(b)
+        True
+    """
+    plan = plan_of(model)
+    if plan is None:
+        return ()
+    keys = ((name, lp.rank, _channels_removed(lp)) for name, lp in plan.layers.items())
+    return tuple(sorted(k for k in keys if k[1] is not None or k[2] > 0))
+
+
+def _channels_removed(lp) -> float:
+    """The fraction of output channels a layer plan removes: ``structured`` (plan schema 2), or
+    ``sparsity`` when ``structured`` is the schema-1 flag ``True``."""
+    if lp.structured is True:
+        return float(lp.sparsity)
+    return float(lp.structured or 0.0)

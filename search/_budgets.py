@@ -3,13 +3,16 @@
 The constraints (positive when violated; the same names for every trial of a
 study, stored as ``constraint_names``): ``accuracy_drop`` (``metric_drop`` for
 a task whose metric is not accuracy), ``max_size_bytes``,
-``min_ratio``, ``stopped``, and ``max_bops`` / ``max_latency_ms`` when the
-study sets those budgets.
+``min_ratio``, ``stopped``, and ``max_bops`` / ``max_macs`` / ``max_latency_ms``
+(and the ONNX budgets) when the study sets those budgets.
 
 Budgets before training. The size budgets (``max_size_bytes``, ``min_ratio``)
 are exact from the plan: the packed size depends only on it. So is the
 bit-operations budget (``constraints.max_bops``): masks and bit-widths are fixed
-when the plan is applied. The latency budget (``constraints.max_latency_ms``)
+when the plan is applied; and the multiply-accumulates budget
+(``constraints.max_macs``): dense MACs of the squashed shapes, which only
+structured pruning and ranks change (computed once per distinct structure, see
+:func:`macs_of`). The latency budget (``constraints.max_latency_ms``)
 is measured on the squashed model, whose shapes the plan fixes and fine-tuning
 does not change, so it is measured once before training (the latency
 objective, when the study has one, is measured again after training, as for
@@ -35,7 +38,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Budgets", "Preflight", "budget_constraints", "constraint_names", "constraints_for", "drop_name", "drop_of",
-           "over_budget", "preflight"]
+           "macs_of", "over_budget", "preflight"]
+
+_MACS_CACHE_LIMIT = 4096
 
 
 def _finite(value: Any) -> bool:
@@ -85,9 +90,10 @@ def over_budget(s, size_bytes: int) -> bool:
 @dataclass(frozen=True)
 class Budgets:
     """The budgets checked from the plan before training beyond the size budgets
-    (bit-operations and latency)."""
+    (bit-operations, multiply-accumulates, latency, the ONNX costs)."""
 
     max_bops: float | None = None
+    max_macs: float | None = None
     activation_bits: int = 32
     max_latency_ms: float | None = None
     max_onnx_bytes: int | None = None
@@ -96,8 +102,9 @@ class Budgets:
     @classmethod
     def from_config(cls, config) -> "Budgets":
         c = config.constraints
-        return cls(max_bops=c.max_bops, activation_bits=int(config.activation_bits), max_latency_ms=c.max_latency_ms,
-                   max_onnx_bytes=c.max_onnx_bytes, max_onnx_latency_ms=c.max_onnx_latency_ms)
+        return cls(max_bops=c.max_bops, max_macs=c.max_macs, activation_bits=int(config.activation_bits),
+                   max_latency_ms=c.max_latency_ms, max_onnx_bytes=c.max_onnx_bytes,
+                   max_onnx_latency_ms=c.max_onnx_latency_ms)
 
     @property
     def onnx(self) -> bool:
@@ -105,16 +112,19 @@ class Budgets:
 
     @property
     def any(self) -> bool:
-        return self.max_bops is not None or self.max_latency_ms is not None or self.onnx
+        return (self.max_bops is not None or self.max_macs is not None or self.max_latency_ms is not None
+                or self.onnx)
 
 
 @dataclass
 class Preflight:
-    """What is known about a plan before training: packed size, bit-operations
-    (when a budget or the objective needs them), and the budgets it breaks."""
+    """What is known about a plan before training: packed size, bit-operations,
+    multiply-accumulates, latency and the ONNX costs (each when a budget or the
+    objective needs it), and the budgets it breaks."""
 
     size_bytes: int
     bops: float | None = None
+    macs: float | None = None
     latency_ms: float | None = None
     onnx_bytes: int | None = None
     onnx_latency_ms: float | None = None
@@ -129,7 +139,7 @@ class Preflight:
 
     def extra_value(self, objective: str | None) -> float | None:
         """The value of the study's third objective, when it was measured here."""
-        values = {"bops": self.bops, "latency": self.latency_ms, "onnx_size": self.onnx_bytes,
+        values = {"bops": self.bops, "macs": self.macs, "latency": self.latency_ms, "onnx_size": self.onnx_bytes,
                   "onnx_latency": self.onnx_latency_ms}
         return values.get(objective) if objective else None
 
@@ -154,6 +164,8 @@ def preflight(plan, ctx, budgets: Budgets = Budgets(), *, latency: bool = False)
     out = Preflight(size_bytes=len(to_bytes(student)), student=student)
     if budgets.max_bops is not None or ctx.settings.extra_objective == "bops":
         out.bops = float(bit_operations(student, ctx.example, activation_bits=budgets.activation_bits, task=ctx.task))
+    if budgets.max_macs is not None or ctx.settings.extra_objective == "macs":
+        out.macs = macs_of(student, ctx)
     if budgets.max_latency_ms is not None or (latency and ctx.settings.extra_objective == "latency"):
         s = ctx.settings
         out.latency_ms = float(latency_ms(student, ctx.example, batch_size=s.latency_batch_size,
@@ -167,6 +179,8 @@ def preflight(plan, ctx, budgets: Budgets = Budgets(), *, latency: bool = False)
         out.onnx_bytes, out.onnx_latency_ms = cost.size_bytes, cost.latency_ms
     if budgets.max_bops is not None and out.bops > budgets.max_bops:
         out.over.append("max_bops")
+    if budgets.max_macs is not None and out.macs > budgets.max_macs:
+        out.over.append("max_macs")
     if budgets.max_onnx_bytes is not None and out.onnx_bytes > budgets.max_onnx_bytes:
         out.over.append("max_onnx_bytes")
     if budgets.max_onnx_latency_ms is not None and out.onnx_latency_ms > budgets.max_onnx_latency_ms:
@@ -178,12 +192,37 @@ def preflight(plan, ctx, budgets: Budgets = Budgets(), *, latency: bool = False)
 
 
 def budget_constraints(budgets: Budgets, pre: Preflight | None) -> dict[str, float]:
-    """``max_bops`` / ``max_latency_ms`` constraint values (positive when over; 1.0 when unknown)."""
+    """``max_bops`` / ``max_macs`` / ``max_latency_ms`` / ONNX constraint values (positive when over;
+    1.0 when unknown)."""
     out = {}
     for name, limit, value in (("max_bops", budgets.max_bops, pre and pre.bops),
+                               ("max_macs", budgets.max_macs, pre and pre.macs),
                                ("max_latency_ms", budgets.max_latency_ms, pre and pre.latency_ms),
                                ("max_onnx_bytes", budgets.max_onnx_bytes, pre and pre.onnx_bytes),
                                ("max_onnx_latency_ms", budgets.max_onnx_latency_ms, pre and pre.onnx_latency_ms)):
         if limit is not None:
             out[name] = float(value - limit) if _finite(value) else 1.0
     return out
+
+
+def macs_of(student, ctx) -> float:
+    """Dense multiply-accumulates of one example (``ctx.example``) through the applied plan
+    ``student`` (:func:`compresstune.objectives.multiply_accumulates`), computed once per distinct
+    structure (:func:`compresstune.objectives.macs_key`) per trial context: a context has one base
+    model and one example, so the structure decides the count. It needs no trained weights.
+
+    Example:
+        >>> pre_macs = macs_of(apply(ctx.model, plan), ctx)  # doctest: +SKIP
+    """
+    from compresstune.objectives import macs_key, multiply_accumulates
+
+    cache = getattr(ctx, "macs_cache", None)
+    key = macs_key(student)
+    if cache is not None and key in cache:
+        return cache[key]
+    value = float(multiply_accumulates(student, ctx.example, task=ctx.task))
+    if cache is not None:
+        if len(cache) >= _MACS_CACHE_LIMIT:
+            cache.pop(next(iter(cache)))
+        cache[key] = value
+    return value

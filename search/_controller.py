@@ -22,7 +22,7 @@ import compresstune
 from compresstune.artifact import reference_size, to_bytes
 from compresstune.search.config import StudyConfig, config_diff
 from compresstune.errors import ConfigError
-from compresstune.objectives import teacher_outputs
+from compresstune.objectives import multiply_accumulates, teacher_outputs
 from compresstune.spaces import Space
 from compresstune.task import Task, check_task, measure, move, take_rows
 from compresstune.search._storage import (RunLock, default_storage, driver_id, open_storage,
@@ -34,7 +34,7 @@ from compresstune.search._trial import TrialContext, TrialSettings, constraint_n
 
 __all__ = ["Session", "prepare", "run"]
 
-METRICS = {"size": "size_bytes", "latency": "latency_ms", "bops": "bops", "onnx_size": "onnx_bytes",
+METRICS = {"size": "size_bytes", "latency": "latency_ms", "bops": "bops", "macs": "macs", "onnx_size": "onnx_bytes",
            "onnx_latency": "onnx_latency_ms"}
 DEFAULT_RELATIVE_DROP = 0.05  # a metric other than accuracy with no drop limit set
 
@@ -69,6 +69,11 @@ def _settings(config: StudyConfig, task: Task, baseline: float, reference_bytes:
         extra_objective=extra, activation_bits=config.activation_bits, latency_batch_size=lat.batch_size,
         latency_repeats=lat.repeats, latency_warmup=lat.warmup, baseline_value=baseline,
         reference_bytes=reference_bytes, metric=task.metric, direction=task.direction)
+
+
+def uses_macs(config: StudyConfig) -> bool:
+    """True when the study has the macs objective or a ``max_macs`` budget."""
+    return "macs" in config.objectives or config.constraints.max_macs is not None
 
 
 def metric_names(config: StudyConfig, task: Task) -> list[str]:
@@ -247,10 +252,14 @@ def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Cal
         save_objects(out, model, task, log)
     model = model.to(device).eval()
     space = Space.from_config(config.space, model)
+    example = take_rows(move(next(iter(task.batches("val"))), "cpu"), max(1, config.latency.batch_size))
     base, sums = _baseline(task, model)
+    if uses_macs(config):  # the reference of the macs objective / budget: the uncompressed model's count
+        base["macs"] = float(multiply_accumulates(model, example, task=task))
     base_val, ref = base["val_accuracy"], base["reference_bytes"]
     n_val = _check_early_stopping(config, task, sums)
     test_text = f", test {task.metric} {base['test_accuracy']:.4f}" if base["test_accuracy"] is not None else ""
+    test_text += f", {base['macs']:,.0f} MACs per example" if "macs" in base else ""
     log(f"baseline: val {task.metric} {base_val:.4f}{test_text}, fp32 size {ref:,} bytes, "
         f"{len(space.layers)} layers searched, {len(space.param_names)} parameters, on {device} "
         f"({time.perf_counter() - t0:.1f} s)")
@@ -269,7 +278,6 @@ def prepare(config: StudyConfig, out: Path, *, new_study: bool = False, log: Cal
     if stored != base_val:
         settings = _settings(config, task, stored, ref, max_drop(config.constraints, task, stored))
     settings = dataclasses.replace(settings, n_val=n_val)
-    example = take_rows(move(next(iter(task.batches("val"))), "cpu"), max(1, config.latency.batch_size))
     context = TrialContext(model=model, task=task, settings=settings, cached_teacher=teacher_outputs(model, task),
                            example=example)
     session = Session(config=config, out=out, study=study, space=space, context=context, driver=driver, log=log)

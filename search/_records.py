@@ -76,7 +76,7 @@ STUDY_KEYS: dict[str, tuple[str, str]] = {
     FINGERPRINT: ("str", "hash of the config fields that change results; a resume must match it"),
     STUDY_FILE: ("str | null", "path of the study YAML, when run from one"),
     BASELINE: ("dict", "`val_accuracy`, `test_accuracy` (the task's metric, whatever it is), `reference_bytes`, "
-                       "`packed_bytes` of the uncompressed model"),
+                       "`packed_bytes` of the uncompressed model (and its `macs` with a macs objective or budget)"),
     REFERENCE_POINT: ("dict", "hypervolume reference: `val_accuracy` (the metric's value), `log2_ratio`"),
     MAX_ACCURACY_DROP: ("float | null", "the largest drop of the metric allowed, in its units (for accuracy, "
                                         "`constraints.max_accuracy_drop`)"),
@@ -112,6 +112,7 @@ ARTIFACT = "artifact"
 REJECTED = "rejected"
 OVER_BUDGET = "over_budget"
 BOPS = "bops"
+MACS = "macs"
 LATENCY_BEFORE_TRAINING_MS = "latency_before_training_ms"
 STOPPED_AT_RUNG = "stopped_at_rung"
 STOPPED_BY = "stopped_by"
@@ -141,8 +142,10 @@ TRIAL_KEYS: dict[str, tuple[str, str]] = {
     TIMINGS: ("dict", "`apply_s`, `finetune_s`, `eval_s`, `total_s` of the trial body"),
     ARTIFACT: ("str", "the artifact's path relative to the output folder (fine-tuned trials only)"),
     REJECTED: ("str", "`budget`: over a budget known before training, scored without fine-tuning"),
-    OVER_BUDGET: ("list[str]", "the bops/latency budgets a rejected plan breaks"),
+    OVER_BUDGET: ("list[str]", "the bops/macs/latency/onnx budgets a rejected plan breaks"),
     BOPS: ("float", "bit-operations per example (a bops budget or objective)"),
+    MACS: ("float", ("dense multiply-accumulates per example of the squashed plan, counted before training "
+                     "(a macs budget or objective)")),
     LATENCY_BEFORE_TRAINING_MS: ("float", "latency measured before training (a latency budget)"),
     STOPPED_AT_RUNG: ("int", "the step at which early stopping ended the fine-tune"),
     STOPPED_BY: ("dict", "the stop decision: step, accuracy, the dominating trial, its size and accuracy, margin"),

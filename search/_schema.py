@@ -55,13 +55,14 @@ __all__ = [
 ]
 
 from compresstune.layers import KINDS  # noqa: E402 - every kind discovery reports
-OBJECTIVES = ("accuracy", "size", "latency", "bops", "onnx_size", "onnx_latency")
-THIRD_OBJECTIVES = ("latency", "bops", "onnx_size", "onnx_latency")
+OBJECTIVES = ("accuracy", "size", "latency", "bops", "macs", "onnx_size", "onnx_latency")
+THIRD_OBJECTIVES = ("latency", "bops", "macs", "onnx_size", "onnx_latency")
 # The parts of a config that define what a study measures; the rest (trials,
 # out, storage, workers, address, ...) may change when a study is resumed.
 FINGERPRINT_FIELDS = ("model", "data", "task", "space", "objectives", "finetune", "constraints", "activation_bits")
 # Fields added after studies existed: omitted from the fingerprint while unset, so those studies resume.
-_LATER_FIELDS = {"constraints": ("max_bops", "max_latency_ms", "max_onnx_bytes", "max_onnx_latency_ms", "max_metric_drop", "max_relative_drop")}
+_LATER_FIELDS = {"constraints": ("max_bops", "max_macs", "max_latency_ms", "max_onnx_bytes", "max_onnx_latency_ms",
+                                 "max_metric_drop", "max_relative_drop")}
 _GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -403,6 +404,9 @@ class ConstraintsConfig(_Frozen):
     # Bit-operations of one example (objectives.bit_operations); known from the plan
     # alone, so an over-budget plan is scored without fine-tuning, like max_size_bytes.
     max_bops: Num | None = Field(None, gt=0)
+    # Dense multiply-accumulates of one example (objectives.multiply_accumulates): fixed by the
+    # plan's structure (structured pruning, ranks), so known before training like max_bops.
+    max_macs: Num | None = Field(None, gt=0)
     # Latency (objectives.latency_ms, with the `latency` settings) of the squashed model: it
     # depends on the plan's shapes, not on the weights fine-tuning changes, so it is measured
     # before training too and an over-budget plan is scored without fine-tuning.
@@ -577,7 +581,7 @@ class StudyConfig(_Frozen):
     data: FactorySpec | None = None
     task: FactorySpec | None = None
     space: SpaceConfig = SpaceConfig()
-    objectives: list[Literal["accuracy", "size", "latency", "bops", "onnx_size", "onnx_latency"]] = ["accuracy", "size"]
+    objectives: list[Literal["accuracy", "size", "latency", "bops", "macs", "onnx_size", "onnx_latency"]] = ["accuracy", "size"]
     finetune: FinetuneConfig = FinetuneConfig()
     constraints: ConstraintsConfig = ConstraintsConfig()
     activation_bits: Int = Field(32, ge=2, le=32)

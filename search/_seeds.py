@@ -413,14 +413,14 @@ def before_search(session) -> None:
     """Run before the first trial of ``run`` (both executors): the sensitivity
     scan (reused from the study or the cache when its key matches), narrowing
     (decided for a new study, re-applied from the study on resume), the
-    ``max_bops`` / ``max_latency_ms`` constraint names, and the seed trials (a new study only; at most
+    ``max_bops`` / ``max_macs`` / ``max_latency_ms`` / ONNX constraint names, and the seed trials (a new study only; at most
     half of ``search.trials``, spread over the ratios, so the sampler always gets
     a share)."""
     config, study, log = session.config, session.study, session.log
     cfg = config.sensitivity
     new = len(study.get_trials(deepcopy=False)) == 0
     attrs = study.user_attrs
-    budgets = [n for n in ("max_bops", "max_latency_ms", "max_onnx_bytes", "max_onnx_latency_ms")
+    budgets = [n for n in ("max_bops", "max_macs", "max_latency_ms", "max_onnx_bytes", "max_onnx_latency_ms")
                if getattr(config.constraints, n) is not None]
     names = list(attrs.get("constraint_names") or [])
     if new and [n for n in budgets if n not in names]:

@@ -24,7 +24,7 @@ from compresstune.objectives import bit_operations, evaluate, latency_ms, onnx_c
 from compresstune.plan import CompressionPlan
 from compresstune.task import Task
 from compresstune.search._budgets import (Budgets, Preflight, budget_constraints, constraint_names, constraints_for,
-                                          over_budget, preflight)
+                                          macs_of, over_budget, preflight)
 
 __all__ = ["StopTrial", "TrialContext", "TrialOutcome", "TrialSettings", "constraint_names", "failed", "failed_from",
            "run_checked", "run_trial", "stopped_outcome", "with_steps", "worker_info"]
@@ -42,7 +42,7 @@ class TrialSettings:
     max_drop: float | None  # in the metric's units, a drop being a change for the worse
     max_size_bytes: int | None
     min_ratio: float | None
-    extra_objective: str | None  # "latency" | "bops" | None
+    extra_objective: str | None  # "latency" | "bops" | "macs" | "onnx_size" | "onnx_latency" | None
     activation_bits: int
     latency_batch_size: int
     latency_repeats: int
@@ -65,6 +65,8 @@ class TrialContext:
     settings: TrialSettings
     cached_teacher: torch.Tensor | None = None
     example: Any = None  # one validation batch: the input of the latency and bit-operation measurements
+    # Multiply-accumulates by plan structure (search/_budgets.py, macs_of): the model and example above fix the rest.
+    macs_cache: dict = field(default_factory=dict, repr=False)
 
 
 def with_steps(ctx: TrialContext, steps: int) -> TrialContext:
@@ -128,14 +130,15 @@ def stopped_outcome(settings: TrialSettings, *, plan_json: str, size_bytes: int,
                     curve: list | None = None, extra_value: float | None = None, budgets: Budgets = Budgets(),
                     bops: float | None = None, test_accuracy: float | None = None,
                     latency_ms: float | None = None, decision: Any = None,
-                    timings: dict | None = None) -> TrialOutcome:
+                    timings: dict | None = None, macs: float | None = None) -> TrialOutcome:
     """The outcome of a trial stopped at a rung, on either executor.
 
     Values are the rung accuracy, the size (and the third objective); constraints
     have ``stopped`` positive; attributes hold the rungs in ``curve``,
     ``stopped_at_rung``, ``stopped_by`` and ``test_accuracy: None`` (no test
     pass is spent on a stopped trial). ``extra_value`` is required when the
-    study has a third objective (``settings.extra_objective``).
+    study has a third objective (``settings.extra_objective``). ``bops`` / ``macs`` /
+    ``latency_ms``: what was measured before training (the budgets' constraints and attributes).
     """
     if not _finite(accuracy) or not _finite(size_bytes):
         return failed(f"stopped with a non-finite rung report (accuracy {accuracy!r}, size {size_bytes!r})")
@@ -146,7 +149,9 @@ def stopped_outcome(settings: TrialSettings, *, plan_json: str, size_bytes: int,
                              f"({settings.extra_objective!r}); report it with the rung results.")
         values.append(float(extra_value))
     constraints = constraints_for(settings, float(accuracy), int(size_bytes), stopped=True)
-    constraints.update(budget_constraints(budgets, Preflight(size_bytes=int(size_bytes), bops=bops,
+    if macs is None and settings.extra_objective == "macs":
+        macs = extra_value
+    constraints.update(budget_constraints(budgets, Preflight(size_bytes=int(size_bytes), bops=bops, macs=macs,
                                                              latency_ms=latency_ms)))
     attrs = {"plan": plan_json, "size_bytes": int(size_bytes), "ratio": settings.reference_bytes / size_bytes,
              "val_accuracy": float(accuracy), "test_accuracy": test_accuracy,
@@ -156,6 +161,8 @@ def stopped_outcome(settings: TrialSettings, *, plan_json: str, size_bytes: int,
         attrs["stopped_by"] = decision.as_attr() if hasattr(decision, "as_attr") else dict(decision)
     if bops is not None:
         attrs["bops"] = float(bops)
+    if macs is not None:
+        attrs["macs"] = float(macs)
     if budgets.max_latency_ms is not None:
         attrs["latency_before_training_ms"] = latency_ms
     return TrialOutcome("complete", values=values, constraints=constraints, user_attrs=attrs)
@@ -192,6 +199,8 @@ def _run(plan: CompressionPlan, ctx: TrialContext, on_eval, applied=None) -> Tri
     else:
         student, size, before = applied
         t0 -= before
+    # Known before training (the structure fixes it; cached, so a preflight's count is reused).
+    macs = macs_of(student, ctx) if s.extra_objective == "macs" else None
     timings["apply_s"] = time.perf_counter() - t0
     rejected = over_budget(s, size)
     rungs: list[list[float]] = []
@@ -213,7 +222,7 @@ def _run(plan: CompressionPlan, ctx: TrialContext, on_eval, applied=None) -> Tri
         timings["total_s"] = time.perf_counter() - t0
         extra = _extra_objective(student, ctx) if s.extra_objective is not None else None
         return stopped_outcome(s, plan_json=plan.to_json(), size_bytes=size, step=stop.step, accuracy=stop.accuracy,
-                               curve=rungs, extra_value=extra, decision=stop.decision, timings=timings)
+                               curve=rungs, extra_value=extra, decision=stop.decision, timings=timings, macs=macs)
     timings["finetune_s"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     val_acc = evaluate(student, task, "val")
@@ -225,6 +234,8 @@ def _run(plan: CompressionPlan, ctx: TrialContext, on_eval, applied=None) -> Tri
     attrs: dict[str, Any] = {"plan": plan.to_json(), "size_bytes": size, "ratio": s.reference_bytes / size,
                              "val_accuracy": val_acc, "test_accuracy": test_acc,
                              "curve": result.curve if result else []}
+    if macs is not None:
+        attrs["macs"] = macs
     if rejected:
         attrs["rejected"] = "budget"
     artifact = None if rejected else to_bytes(student)
@@ -241,11 +252,12 @@ def run_checked(plan, ctx: TrialContext, *, budgets: Budgets = Budgets(),
                 pre: Preflight | None = None) -> TrialOutcome:
     """:func:`run_trial` plus the budgets known before training and rung reports.
 
-    * A plan over ``budgets.max_bops`` or ``budgets.max_latency_ms`` is scored
-      without fine-tuning and told COMPLETE with a positive constraint of that
-      name and ``rejected: budget``, as run_trial does for the size budgets. Every
-      trial then carries the same constraints (<= 0 when within budget) and a
-      ``bops`` / ``latency_before_training_ms`` attribute.
+    * A plan over ``budgets.max_bops``, ``max_macs``, ``max_latency_ms`` (or an
+      ONNX budget) is scored without fine-tuning and told COMPLETE with a
+      positive constraint of that name and ``rejected: budget``, as run_trial
+      does for the size budgets. Every trial then carries the same constraints
+      (<= 0 when within budget) and a ``bops`` / ``macs`` /
+      ``latency_before_training_ms`` attribute.
     * ``on_rung(step, val_accuracy, size_bytes)`` is called at every rung (the
       size is known before training); it may raise ``StopTrial``.
 
@@ -271,6 +283,8 @@ def run_checked(plan, ctx: TrialContext, *, budgets: Budgets = Budgets(),
     outcome.constraints.update(budget_constraints(budgets, pre))
     if pre.bops is not None:
         outcome.user_attrs["bops"] = pre.bops
+    if pre.macs is not None:
+        outcome.user_attrs["macs"] = pre.macs
     if budgets.max_latency_ms is not None:
         outcome.user_attrs["latency_before_training_ms"] = pre.latency_ms
     if pre.onnx_bytes is not None:
@@ -292,4 +306,6 @@ def _extra_objective(student: nn.Module, ctx: TrialContext) -> float:
         cost = onnx_cost(student, ctx.example, batch_size=s.latency_batch_size, repeats=s.latency_repeats,
                          warmup=s.latency_warmup, task=ctx.task)
         return float(cost.size_bytes if s.extra_objective == "onnx_size" else cost.latency_ms)
+    if s.extra_objective == "macs":  # cached by structure: counted before training
+        return macs_of(student, ctx)
     return bit_operations(student, ctx.example, activation_bits=s.activation_bits, task=ctx.task)

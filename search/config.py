@@ -22,9 +22,11 @@ objectives, the recovery fine-tune and the search settings::
         - {name: stage1, pattern: "layer1.*"}
       temperature: {low: 1.0, high: 8.0, log: true}
       alpha: {low: 0.0, high: 1.0}
-    objectives: [accuracy, size]
+    objectives: [accuracy, size]    # optional third: latency, bops, macs, onnx_size or onnx_latency
     finetune: {steps: 200, batch_size: 64, lr: 0.001, optimizer: adam}
-    constraints: {max_accuracy_drop: 0.02}
+    constraints: {max_accuracy_drop: 0.02}   # and max_metric_drop, max_relative_drop, max_size_bytes,
+                                             # min_ratio, max_bops, max_macs, max_latency_ms,
+                                             # max_onnx_bytes, max_onnx_latency_ms (null: unset)
     search: {sampler: tpe, trials: 40, seed: 0}
     sensitivity: {enabled: true, seed_ratios: [4, 8, 16, 32, 64]}
     early_stopping: {enabled: false, margin_se: 2.0, rung_slack: 0.5, grace: 0.25}
@@ -52,6 +54,16 @@ clearly more accurate at the same rung; ``promotion`` runs the front's trials
 (and near misses) again with a longer fine-tune after the search, each
 replacing its short trial on the front. None of them changes what a trial
 measures, so none is part of the study's fingerprint.
+
+Costs beside size. A third objective (``latency``, ``bops``, ``macs``,
+``onnx_size``, ``onnx_latency``) is minimised. ``macs`` is
+:func:`compresstune.objectives.multiply_accumulates`: dense multiply-accumulates of
+one example through the squashed plan, lowered by structured pruning and ranks only
+(zeros and bit-widths do not change it). ``constraints.max_macs`` (a positive
+number), like ``max_bops``, is checked before training: a plan over it is scored
+without fine-tuning, with a positive ``max_macs`` constraint and ``rejected: budget``.
+With either, every trial records its count as ``macs`` and the study's ``baseline``
+the uncompressed model's.
 
 Patterns are ``fnmatch`` globs on the layer FQN, or ``re:<regex>`` (full
 match). Every problem (unknown key, value out of range, bad import path) is a

@@ -294,7 +294,7 @@ def _eligible(df: pd.DataFrame) -> pd.Series:
     """Trials that count for the front and the hypervolume.
 
     COMPLETE, feasible (all constraints <= 0), fully fine-tuned (not stopped at a
-    rung), not rejected by a budget known before training (size, ratio, bops,
+    rung), not rejected by a budget known before training (size, ratio, bops, macs,
     latency) and not replaced by a COMPLETE promotion to a longer fine-tune
     (``promoted_to``). Missing columns mean "no such trials", so hand-made frames
     work.

@@ -15,8 +15,8 @@ Worker (the trainable), at every rung (``finetune.eval_every`` steps)::
 
 i.e. results ``{"rung_step": step, "val_accuracy": acc, "size_bytes": size}``
 (plus ``"extra_value"``, the third objective measured before training, when
-the study has one: a stopped trial's record needs it; and ``"bops"`` /
-``"latency_ms"`` when known). Results without these three keys (e.g. a final
+the study has one: a stopped trial's record needs it; and ``"bops"``,
+``"macs"`` and ``"latency_ms"`` when known). Results without these three keys (e.g. a final
 summary) are ignored. When the rule says a trial is dominated at its rung the
 scheduler answers ``STOP``; Tune then ends the trial (its function never
 returns an outcome), and :attr:`ParetoStopScheduler.decisions` (table key ->

@@ -146,7 +146,8 @@ class StudySearcher(_DriverOnly, Searcher):
                 self.session.context.settings, plan_json=plan_json or "", size_bytes=int(result["size_bytes"]),
                 step=decision.step, accuracy=float(result[ACCURACY_KEY]), curve=[list(p) for p in curve],
                 extra_value=result.get("extra_value"), budgets=Budgets.from_config(self.session.config),
-                bops=result.get("bops"), latency_ms=result.get("latency_ms"), decision=decision,
+                bops=result.get("bops"), macs=result.get("macs"), latency_ms=result.get("latency_ms"),
+                decision=decision,
                 timings={"total_s": seconds} if seconds is not None else None)
         except (KeyError, TypeError, ValueError) as exc:
             return failed(f"ray: stopped at rung {decision.step} but its report is incomplete: "

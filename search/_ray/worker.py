@@ -156,7 +156,7 @@ def _run_plan(plan: CompressionPlan, ctx: TrialContext, budgets: Budgets, rung_w
     except Exception:  # noqa: BLE001 - run_checked fails the trial with run_trial's own message
         return run_checked(plan, ctx, budgets=budgets)
     # What the driver needs to record the trial should the scheduler stop it here.
-    known = {"bops": pre.bops, "latency_ms": pre.latency_ms,
+    known = {"bops": pre.bops, "macs": pre.macs, "latency_ms": pre.latency_ms,
              "extra_value": pre.extra_value(ctx.settings.extra_objective)}
     known = {k: v for k, v in known.items() if v is not None}
 

@@ -65,7 +65,7 @@ def trials_frame(study: Any) -> pd.DataFrame:
         ["number", "state", *[f"values_{m}" for m in metrics], *params.columns,
          "size_bytes", "ratio", "log2_ratio", "val_accuracy", "test_accuracy", "feasible",
          "violated", "rejected", "stopped_at_rung", "seed_trial", "promoted_from", "promoted_to", "fail_reason",
-         "apply_s", "finetune_s", "eval_s", "total_s", "onnx_bytes", "onnx_latency_ms",
+         "apply_s", "finetune_s", "eval_s", "total_s", "macs", "onnx_bytes", "onnx_latency_ms",
          "datetime_start", "datetime_complete", "category", "pareto", "plan"]
     )  # fmt: skip
     return df[order].sort_values("number", kind="stable").reset_index(drop=True)
@@ -89,7 +89,7 @@ def _param_row(trial: Any) -> dict[str, Any]:
     return {f"{_PARAM_PREFIX}{k}": v for k, v in (trial.params or {}).items()}
 
 
-_EXTRA_COLUMNS = ("violated", "fail_reason", "apply_s", "finetune_s", "eval_s", "total_s", "onnx_bytes",
+_EXTRA_COLUMNS = ("violated", "fail_reason", "apply_s", "finetune_s", "eval_s", "total_s", "macs", "onnx_bytes",
                   "onnx_latency_ms")
 
 
@@ -99,7 +99,7 @@ def _extra_row(trial: Any, constraint_names: Sequence[str]) -> dict[str, Any]:
     row = {"violated": _violated(trial, constraint_names), "fail_reason": attrs.get("fail_reason")}
     for key in ("apply_s", "finetune_s", "eval_s", "total_s"):
         row[key] = _pareto._float_or_nan(timings.get(key))
-    for key in ("onnx_bytes", "onnx_latency_ms"):  # measured when an onnx objective or budget asks
+    for key in ("macs", "onnx_bytes", "onnx_latency_ms"):  # measured when that objective or budget asks
         row[key] = _pareto._float_or_nan(attrs.get(key))
     return row
 

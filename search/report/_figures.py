@@ -506,7 +506,7 @@ def _table_html(data: ReportData) -> str:
     head = [("Trial", "num"), ("Size (B)", "num"), ("Ratio", "num"), (val_h, "num"), (test_h, "num"),
             (delta_h, "num"), (dtest_h, "num"), *[(_metric_label(m), "num") for m in extra], ("KD T", "num"),
             ("KD α", "num"), ("Trial time", "num"), ("Export", "str")]  # fmt: skip
-    labels = {"onnx_bytes": "ONNX (B)", "onnx_latency_ms": "ONNX Runtime ms"}
+    labels = {"macs": "MACs", "onnx_bytes": "ONNX (B)", "onnx_latency_ms": "ONNX Runtime ms"}
     onnx = [c for c in labels if c in front.columns and front[c].notna().any() and c not in extra]
     head[3:3] = [(labels[c], "num") for c in onnx]
     rows = []
@@ -522,7 +522,7 @@ def _table_html(data: ReportData) -> str:
 
         cells = [
             (n, f"#{n}{seed}"), (r.size_bytes, _fmt_int(r.size_bytes)), (r.ratio, _fmt_ratio(r.ratio)),
-            *[(getattr(r, c), _fmt_int(getattr(r, c)) if c == "onnx_bytes" else _fmt_num(getattr(r, c)))
+            *[(getattr(r, c), _fmt_int(getattr(r, c)) if c in ("macs", "onnx_bytes") else _fmt_num(getattr(r, c)))
               for c in onnx],
             (r.val_accuracy, _fmt_val(data, r.val_accuracy)), (r.test_accuracy, _fmt_val(data, r.test_accuracy)),
             (delta, _fmt_delta(data, delta)), (dtest, _fmt_delta(data, dtest)),

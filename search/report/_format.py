@@ -72,6 +72,7 @@ def _metric_label(name: str) -> str:
         "size_bytes": "Model size (bytes)",
         "latency_ms": "Latency (ms)",
         "bops": "Bit-operations",
+        "macs": "MACs",
         "onnx_bytes": "ONNX file size (bytes)",
         "onnx_latency_ms": "ONNX Runtime latency (ms)",
     }

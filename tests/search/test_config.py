@@ -82,8 +82,8 @@ def test_defaults_match_the_documented_schema():
     assert cfg["finetune"] == {"steps": 200, "batch_size": 64, "lr": 0.001, "optimizer": "adam", "eval_every": 50,
                                "eval_batch_size": 512, "weight_decay": 0.0}
     assert cfg["constraints"] == {"max_accuracy_drop": 0.02, "max_metric_drop": None, "max_relative_drop": None,
-                                  "max_size_bytes": None, "min_ratio": None, "max_bops": None, "max_latency_ms": None,
-                                  "max_onnx_bytes": None, "max_onnx_latency_ms": None}
+                                  "max_size_bytes": None, "min_ratio": None, "max_bops": None, "max_macs": None,
+                                  "max_latency_ms": None, "max_onnx_bytes": None, "max_onnx_latency_ms": None}
     assert cfg["activation_bits"] == 32
     assert cfg["latency"] == {"batch_size": 1, "repeats": 30, "warmup": 5}
     assert cfg["resources"] == {"device": "auto", "cpus_per_trial": 1.0, "gpus_per_trial": 0.0}
