@@ -181,23 +181,23 @@ class Discovery:
         return self.alias_of.get(name, name)
 
     def table(self) -> str:
-        """The layers as a text table (layer, kind, shape, operators it takes, refusals), then
-        the modules skipped with their reasons.
+        """The layers as a text table (layer, kind, shape, operators it takes, its channel
+        group, refusals), then the modules skipped with their reasons.
 
         Example:
             >>> import torch.nn as nn
             >>> print(discover(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))).table())
-            layer  kind    shape  operators                          refused
-            0      linear  3x4    prune quantize lowrank structured  -
-            2      linear  2x3    prune quantize lowrank             structured: its channels are the model output
+            layer  kind    shape  operators                          group  refused
+            0      linear  3x4    prune quantize lowrank structured  0      -
+            2      linear  2x3    prune quantize lowrank             -      structured: its channels are the model output
         """
-        head = ("layer", "kind", "shape", "operators", "refused")
+        head = ("layer", "kind", "shape", "operators", "group", "refused")
         rows = [(name, info.kind, "x".join(map(str, info.shape)),
-                 " ".join(op for op in _OPERATORS if op not in info.refused),
+                 " ".join(op for op in _OPERATORS if op not in info.refused), info.channel_group or "-",
                  "; ".join(f"{op}: {why}" for op, why in info.refused.items()) or "-")
                 for name, info in self.layers.items()]
-        widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(4)]
-        lines = ["  ".join([*(str(c).ljust(w) for c, w in zip(r[:4], widths)), r[4]]).rstrip() for r in (head, *rows)]
+        widths = [max(len(str(r[i])) for r in (head, *rows)) for i in range(5)]
+        lines = ["  ".join([*(str(c).ljust(w) for c, w in zip(r[:5], widths)), r[5]]).rstrip() for r in (head, *rows)]
         if self.skipped:
             lines += ["", "skipped:"] + [f"  {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)

@@ -272,6 +272,8 @@ class TrialLoop:
             return
         attrs = outcome.user_attrs
         seconds = (attrs.get("timings") or {}).get("total_s")
+        if attrs.get("rejected") == "budget" and note is None:  # scored as is: say why it took no time
+            note = f"over {', '.join(attrs.get('over_budget') or ['a budget'])}, not fine-tuned"
         if outcome.state == "complete":
             self.bar.trial(number, "COMPLETE", metric=self.session.context.settings.metric, value=outcome.values[0],
                            size_bytes=attrs.get("size_bytes", outcome.values[1]), ratio=attrs.get("ratio", 0.0),

@@ -298,7 +298,7 @@ def test_discover_prints_the_layer_table_of_a_study(tmp_path: Path) -> None:
     study_file = write_study(tmp_path, trials=1)
     res = cli("discover", str(study_file))
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines()[0].split() == ["layer", "kind", "shape", "operators", "refused"]
+    assert res.stdout.splitlines()[0].split() == ["layer", "kind", "shape", "operators", "group", "refused"]
     assert any(line.split()[:2] == ["fc2", "linear"] for line in res.stdout.splitlines())
 
 
