@@ -594,31 +594,31 @@ def analyse(graph, modules: dict, producers: dict, depthwise: dict, tied: set, p
 
 
 def _groups(walk: _Walk, order: Mapping[str, int]) -> tuple[dict[str, ChannelGroup], dict[str, str]]:
-    by_root: dict[int, list[int]]
-    groups: dict[str, ChannelGroup] = {}
-    refused: dict[str, str] = {}
+    """One group per set of joined spaces that holds a plan layer; a refused set refuses its layers."""
     _refuse_split_depthwise(walk)
-    by_root = {}
+    by_root: dict[int, list[int]] = {}
     for s in range(len(walk.sizes)):
         by_root.setdefault(walk.find(s)[0], []).append(s)
+    groups: dict[str, ChannelGroup] = {}
+    refused: dict[str, str] = {}
     for spaces in by_root.values():
-        offsets = {s: walk.find(s)[1] for s in spaces}
-        low = min(offsets.values())
-        placed = {s: (offsets[s] - low, walk.sizes[s]) for s in spaces}
         layers = sorted(_group_layers(walk, set(spaces)), key=lambda n: order.get(n, len(order)))
-        if not layers:
-            continue
         reason = next((walk.refused[s] for s in spaces if s in walk.refused), None)
-        if reason is not None:
-            for layer in layers:
-                refused[layer] = _shared_reason(walk, layer, spaces, reason)
-            continue
-        size = max(o + n for o, n in placed.values())
-        members = tuple(_restrict(m, placed) for m in walk.members if any(s.space in placed for s in m.segments))
-        pads = tuple(PadEdit(node, index, lo, hi) for node, index, lo, hi in walk.pads
-                     if lo in placed or hi in placed)
-        groups[layers[0]] = ChannelGroup(layers[0], size, tuple(layers), placed, members, pads)
+        if layers and reason is not None:
+            refused.update((layer, _shared_reason(walk, layer, spaces, reason)) for layer in layers)
+        elif layers:
+            groups[layers[0]] = _group(walk, layers, spaces)
     return groups, refused
+
+
+def _group(walk: _Walk, layers: list[str], spaces: list[int]) -> ChannelGroup:
+    offsets = {s: walk.find(s)[1] for s in spaces}
+    low = min(offsets.values())
+    placed = {s: (offsets[s] - low, walk.sizes[s]) for s in spaces}
+    size = max(o + n for o, n in placed.values())
+    members = tuple(_restrict(m, placed) for m in walk.members if any(s.space in placed for s in m.segments))
+    pads = tuple(PadEdit(node, index, lo, hi) for node, index, lo, hi in walk.pads if lo in placed or hi in placed)
+    return ChannelGroup(layers[0], size, tuple(layers), placed, members, pads)
 
 
 def _refuse_split_depthwise(walk: _Walk) -> None:
