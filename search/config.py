@@ -37,7 +37,11 @@ Knobs. ``sparsity``, ``temperature`` and ``alpha`` take a range
 ``bits``, ``rank_fraction`` and ``structured`` take a list of choices or a
 single value (fixed). ``rank_fraction: 1.0`` (or ``null``) means no
 factorisation; a fraction that would not make a layer smaller also means none
-for that layer.
+for that layer. ``structured: [false, true]`` searches structured pruning per
+channel group (``discover(model).channel_groups``): only the group's first
+searched layer gets the parameter, and when it is true that layer's sparsity is
+the fraction of the whole group's channels removed (the other layers' own
+sparsity then prunes single weights of what is left).
 
 Priority of knob settings, per layer and per knob (as torch's
 ``QConfigMapping``): **global < type < pattern < exact name**. An override sets
