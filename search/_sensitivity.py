@@ -26,15 +26,19 @@ scan settings) and stored in the study's user attrs as ``"sensitivity"``::
      "examples": 360, "baseline_accuracy": 0.978,        # on that subset
      "layers": ["conv1", "conv2", "fc1", "fc2"],         # searched units, model order
      "members": {"conv1": ["conv1"], ...},               # a group lists its layers
-     "settings": ["sparsity 0.5", ..., "bits 2", ..., "rank 0.25", ...],
+     "settings": ["sparsity 0.5", ..., "bits 2", ..., "rank 0.25", ..., "channels 0.25", ...],
      "knobs": [["sparsity", 0.5], ..., ["bits", 2], ..., ["rank_fraction", 0.25], ...],
      "accuracy": [[...], ...],                           # len(layers) x len(settings)
      "drop": [[...], ...],                               # baseline_accuracy - accuracy
      "metric": "accuracy", "drop_unit": "absolute",       # absent in older tables: accuracy
      "seconds": 1.3}
 
+When the space searches structured pruning, ``channels`` cells prune a unit's
+channel groups (through their first layers, as the space does) by 0.25, 0.5 and
+0.75 of their channels: one cell per group-leading unit, the group as one unit.
+The seed planner and the allocator read the sparsity, bits and rank cells only.
 A cell is ``null`` where the layer cannot take that setting (an operator it
-refuses, a rank that would not make it smaller). ``drop`` may be slightly
+refuses, a rank that would not make it smaller, a unit that leads no group). ``drop`` may be slightly
 negative (noise). :func:`~compresstune.search._seeds.before_search` is the controller's hook: it runs (or
 reuses) the scan, narrows the space if asked, and enqueues the seed trials.
 """
@@ -54,6 +58,7 @@ from torch import nn
 from compresstune.artifact import to_bytes
 from compresstune.compress import apply
 from compresstune.plan import CompressionPlan, LayerPlan
+from compresstune.spaces._space import channel_leaders
 from compresstune.task import Task, measure
 
 __all__ = ["SCHEMA_VERSION", "cache_key", "format_table", "load_or_scan", "scan", "scan_study",
@@ -61,7 +66,9 @@ __all__ = ["SCHEMA_VERSION", "cache_key", "format_table", "load_or_scan", "scan"
 
 SCHEMA_VERSION = 2  # 2: a stratified random sample of the validation split, not its first rows
 CACHE_FILE = "sensitivity.json"
-_LABEL = {"sparsity": "sparsity", "bits": "bits", "rank_fraction": "rank"}
+_LABEL = {"sparsity": "sparsity", "bits": "bits", "rank_fraction": "rank", "structured": "channels"}
+# Fractions of a channel group's channels scanned, for units that search structured pruning.
+CHANNEL_LEVELS = (0.25, 0.5, 0.75)
 
 
 def units(space) -> list[tuple[str, tuple[str, ...]]]:
@@ -86,6 +93,28 @@ def _settings(cfg) -> list[tuple[str, Any]]:
 
 def _label(knob: str, value: Any) -> str:
     return f"{_LABEL[knob]} {value:g}"
+
+
+def _channel_settings(space) -> list[tuple[str, Any]]:
+    """``("structured", f)`` cells when the space searches structured pruning (of any group)."""
+    searched = any(name.endswith(":structured") for name in space.param_names)
+    return [("structured", f) for f in CHANNEL_LEVELS] if searched else []
+
+
+def _unit_plans(found, members, leaders: dict, knob: str, value: Any, structured: bool) -> dict[str, LayerPlan]:
+    """One cell's plan. A channel fraction goes to the unit's channel-group leaders, as the space
+    gives it (each then prunes its whole group)."""
+    if knob == "structured":
+        if not structured:
+            return {}
+        return {m: LayerPlan(structured=value) for m in members
+                if leaders.get(m) == m and "structured" not in found.layers[m].refused}
+    layers = {}
+    for m in members:
+        lp = _layer_plan(found.layers[m], knob, value)
+        if lp is not None:
+            layers[m] = lp
+    return layers
 
 
 def _layer_plan(info, knob: str, value: Any) -> LayerPlan | None:
@@ -162,17 +191,15 @@ def scan(model: nn.Module, task: Task, space, cfg, *, key: str = "", fingerprint
     n = int(sums["n"]) if sums and "n" in sums else (limit if sums is not None else None)
     check = _representative(task, base_acc, sums, whole, log)
     found = space.discovery
-    settings = _settings(cfg)
+    settings = _settings(cfg) + _channel_settings(space)
     unit_list = units(space)
+    leaders = channel_leaders(found, space.layers)
+    params = set(space.param_names)
     acc_rows, drop_rows = [], []
     for prefix, members in unit_list:
         acc_row, drop_row = [], []
         for knob, value in settings:
-            layers = {}
-            for m in members:
-                lp = _layer_plan(found.layers[m], knob, value)
-                if lp is not None:
-                    layers[m] = lp
+            layers = _unit_plans(found, members, leaders, knob, value, f"{prefix}:structured" in params)
             acc = None
             if layers:
                 try:

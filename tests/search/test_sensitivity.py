@@ -71,6 +71,28 @@ def test_a_group_is_scanned_as_one_unit(digits) -> None:
     assert table["layers"] == ["convs", "fc1", "fc2"] and table["members"]["convs"] == ["conv1", "conv2"]
 
 
+def test_channel_groups_get_channel_cells_when_structured_is_searched(digits) -> None:
+    from compresstune import CompressionPlan, LayerPlan, apply
+    from compresstune.task import measure
+
+    splits, model = digits
+    cfg = _config(space={"structured": [False, True]},
+                  sensitivity={"examples": 100, "sparsity": [0.5], "bits": [4], "rank_fraction": [0.5]})
+    space = Space.from_config(cfg.space, model)
+    task = Classification.from_splits(splits)
+    table = scan(model, task, space, cfg.sensitivity)
+    assert table["settings"][-3:] == ["channels 0.25", "channels 0.5", "channels 0.75"]
+    row = dict(zip(table["settings"], table["drop"][table["layers"].index("conv1")]))
+    from compresstune.search._sensitivity import _sampled
+
+    sample = _sampled(task, 100)  # the scan's stratified sample
+    alone = measure(sample, apply(model, CompressionPlan({"conv1": LayerPlan(structured=0.5)})), "val", examples=100)[0]
+    assert row["channels 0.5"] == pytest.approx(table["baseline_accuracy"] - alone)
+    assert table["drop"][table["layers"].index("fc2")][-1] is None  # the output layer leads no group
+    plain = scan(model, task, Space.from_config({}, model), cfg.sensitivity)
+    assert not any(s.startswith("channels") for s in plain["settings"])  # not searched: not scanned
+
+
 def test_the_scan_is_cached_by_key(digits, tmp_path: Path) -> None:
     splits, model = digits
     cfg = _config(tmp_path, sensitivity={"examples": 60, "sparsity": [0.9], "bits": [2], "rank_fraction": [0.5]})
