@@ -47,7 +47,7 @@ from typing import Any, Callable
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from torch import nn
 
-from compresstune.search._sensitivity import cache_key, load_or_scan, units as _units
+from compresstune.search._sensitivity import _channel_settings, cache_key, load_or_scan, units as _units
 from compresstune.search._surrogate import (_HEADER_SLACK, _KNOBS, Seed, _build_units, _LadderUnit, _params,
                                             _Sizer, estimate_bytes)
 
@@ -428,7 +428,8 @@ def before_search(session) -> None:
     table = None
     if cfg.enabled:
         baseline = attrs.get("baseline") or {}
-        key = cache_key(config.fingerprint(), baseline, cfg, [p for p, _ in _units(session.space)])
+        key = cache_key(config.fingerprint(), baseline, cfg, [p for p, _ in _units(session.space)],
+                        channels=bool(_channel_settings(session.space)))
         stored = attrs.get("sensitivity")
         if isinstance(stored, dict) and stored.get("key") == key:
             table = stored

@@ -127,13 +127,14 @@ def _layer_plan(info, knob: str, value: Any) -> LayerPlan | None:
     return None if rank is None else LayerPlan(rank=rank)
 
 
-def cache_key(fingerprint: str, baseline: dict, cfg, layers: list[str]) -> str:
+def cache_key(fingerprint: str, baseline: dict, cfg, layers: list[str], *, channels: bool = False) -> str:
     """sha256 of what the scan depends on: the study fingerprint (model, data,
     space, ...), the baseline's accuracy and packed size, the scanned levels and
-    subset size, and the scanned units."""
+    subset size, and the scanned units (``channels``: the channel cells too)."""
+    levels = _settings(cfg) + ([("structured", f) for f in CHANNEL_LEVELS] if channels else [])
     data = {"version": SCHEMA_VERSION, "fingerprint": fingerprint,
             "baseline": {k: baseline.get(k) for k in ("val_accuracy", "packed_bytes", "reference_bytes")},
-            "levels": [[k, v] for k, v in _settings(cfg)], "examples": int(cfg.examples), "layers": list(layers)}
+            "levels": [[k, v] for k, v in levels], "examples": int(cfg.examples), "layers": list(layers)}
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -243,7 +244,8 @@ def load_or_scan(config, out: Path, model: nn.Module, task: Task, space, baselin
     """The scan from ``OUT/sensitivity.json`` when its key matches, else measured
     and cached. Returns ``(scan, from_cache)``."""
     cfg = config.sensitivity
-    key = cache_key(config.fingerprint(), baseline, cfg, [p for p, _ in units(space)])
+    key = cache_key(config.fingerprint(), baseline, cfg, [p for p, _ in units(space)],
+                    channels=bool(_channel_settings(space)))
     path = Path(out) / CACHE_FILE
     if not force:
         cached = _read_cache(path, key)
