@@ -544,22 +544,62 @@ _LEAF_TYPES = (
 ) + _PASS_MODULES + _POOL_MODULES
 
 
-def _make_tracer():
+_MAX_OPAQUE = 32  # submodules _trace may keep opaque before it gives up on a model
+
+
+def _make_tracer(opaque: frozenset = frozenset()):
     from torch import fx
 
     class _LeafTracer(fx.Tracer):
         """torch.fx's tracer, with subclasses of the known layer, normalisation, activation and
-        pooling types kept as leaves (the default keeps only classes defined inside ``torch.nn``)."""
+        pooling types kept as leaves (the default keeps only classes defined inside ``torch.nn``),
+        and the ``opaque`` submodules too. ``failed``: the innermost submodule whose forward raised."""
+
+        failed: str | None = None
 
         def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-            return isinstance(m, _LEAF_TYPES) or super().is_leaf_module(m, module_qualified_name)
+            return (module_qualified_name in opaque or isinstance(m, _LEAF_TYPES)
+                    or super().is_leaf_module(m, module_qualified_name))
+
+        def call_module(self, m, forward, args, kwargs):
+            try:
+                return super().call_module(m, forward, args, kwargs)
+            except Exception:
+                if self.failed is None:
+                    self.failed = self.path_of_module(m)
+                raise
 
     return _LeafTracer()
 
 
 def _trace(model: nn.Module):
-    """The torch.fx graph of ``model``, traced with the leaf rules above."""
-    return _make_tracer().trace(model)
+    """The torch.fx graph of ``model``, traced with the leaf rules above. Where that fails, as on
+    Hugging Face models (control flow on input shapes and on ``return_dict``), two retries keep
+    the rest of the model analysable: a submodule whose forward cannot be traced becomes one
+    opaque call, and ``forward``'s arguments after the first take their defaults. The same model
+    always gives the same graph."""
+    opaque: set[str] = set()
+    concrete = None
+    while True:
+        tracer = _make_tracer(frozenset(opaque))
+        try:
+            return tracer.trace(model, concrete_args=concrete)
+        except Exception:
+            if concrete is None and _default_args(model):  # first: the default path of forward
+                concrete = _default_args(model)
+            elif tracer.failed and tracer.failed not in opaque and len(opaque) < _MAX_OPAQUE:
+                opaque.add(tracer.failed)
+            else:
+                raise
+
+
+def _default_args(model: nn.Module) -> dict:
+    """``forward``'s arguments after the first that have defaults, with them."""
+    import inspect
+
+    params = list(inspect.signature(model.forward).parameters.values())[1:]
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def _opaque_reason(module_name: str, calls: dict, modules: dict) -> str:

@@ -138,3 +138,24 @@ def test_vit_t5_and_llama_squash_with_a_factored_plan_and_keep_weight():
     assert torch.allclose(outputs(plain, call), outputs(small, call), atol=1e-5)
     exported = torch.export.export(plain, (TOKENS,), strict=False)
     assert torch.allclose(exported.module()(TOKENS).logits, outputs(small, call), atol=1e-5)
+
+
+def test_hf_resnet_is_analysed_around_what_fx_cannot_trace():
+    """HF ResNet checks its input's channel count in the embedder and branches on `return_dict`:
+    the walk takes forward's defaults, keeps the embedder opaque, and still prunes the stages."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    model = ResNetForImageClassification(ResNetConfig(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1],
+                                                      layer_type="basic", num_labels=5)).eval()
+    found = ct.discover(model)
+    assert "inside ResNetEmbeddings 'resnet.embedder'" in found.layers["resnet.embedder.embedder.convolution"].refused["structured"]
+    prunable = [n for n, info in found.layers.items() if info.channel_group is not None]
+    assert len(prunable) >= 3 and len(found.channel_groups) >= 2
+    plan = CompressionPlan({g: ct.LayerPlan(structured=0.5) for g in found.channel_groups})
+    small = ct.apply(model, plan).eval()
+    x = torch.randn(2, 3, 32, 32)
+    plain = ct.squash(small).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x).logits, small(x).logits)
+    assert sum(p.numel() for p in plain.parameters()) < sum(p.numel() for p in model.parameters())
