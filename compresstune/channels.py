@@ -28,9 +28,11 @@ group, with the reason.
 
 from __future__ import annotations
 
+import itertools
 import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -106,11 +108,11 @@ class ChannelGroup:
         for offset, size in self.spaces.values():
             cuts.update((offset, offset + size))
         edges = sorted(cuts)
-        return [(a, b - a) for a, b in zip(edges, edges[1:]) if b > a]
+        return [(a, b - a) for a, b in itertools.pairwise(edges) if b > a]
 
     def kept_per_region(self, fraction: float) -> list[int]:
         """Positions kept in each region when ``fraction`` of the group is pruned (at least one each)."""
-        return [max(1, length - int(round(fraction * length))) for _, length in self.regions()]
+        return [max(1, length - round(fraction * length)) for _, length in self.regions()]
 
     def kept_size(self, fraction: float) -> int:
         return sum(self.kept_per_region(fraction))
@@ -203,8 +205,8 @@ class _Layout:
     def at_last(self) -> bool:
         return self.flat or self.axis == -1 or (self.ndim is not None and self.axis == self.ndim - 1)
 
-    def moved(self, **changes) -> "_Layout":
-        data = dict(segments=self.segments, axis=self.axis, ndim=self.ndim, flat=self.flat)
+    def moved(self, **changes) -> _Layout:
+        data = {"segments": self.segments, "axis": self.axis, "ndim": self.ndim, "flat": self.flat}
         data.update(changes)
         return _Layout(**data)
 

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from compresstune.channels import Member
 from compresstune.errors import PlanError
 from compresstune.factored import FactoredConv, FactoredEmbedding, FactoredLinear
-from compresstune.channels import Member
 from compresstune.layers import (  # effective_shapes stays importable from here, as before
     Discovery,
     LayerInfo,
@@ -204,7 +204,7 @@ def _shrink_groups(found: Discovery, fractions: dict[str, float], root: nn.Modul
             for side, space in ((0, pad.low), (1, pad.high)):
                 if space in group.spaces:
                     pads[(pad.node, pad.index + side)] = group.kept_in(space, 0, group.spaces[space][1], fraction)
-    for (name, role), (member, mask) in keep.items():
+    for member, mask in keep.values():
         _shrink_member(root, modules, member, torch.nonzero(mask).flatten())
     return pads
 
