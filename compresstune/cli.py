@@ -196,8 +196,10 @@ def _plan(args) -> int:
 def _front_table(front, metric: str = "accuracy") -> str:
     if front is None or len(front) == 0:
         return "no feasible Pareto-optimal trials yet"
-    cols = [c for c in ("number", "val_accuracy", "test_accuracy", "size_bytes", "ratio") if c in front.columns]
-    shown = front[cols].rename(columns={"val_accuracy": f"val_{metric}", "test_accuracy": f"test_{metric}"})
+    third = [c for c in front.columns if c.startswith("values_")][2:]  # a third objective, e.g. values_onnx_bytes
+    cols = [c for c in ("number", "val_accuracy", "test_accuracy", "size_bytes", "ratio", *third) if c in front.columns]
+    shown = front[cols].rename(columns={"val_accuracy": f"val_{metric}", "test_accuracy": f"test_{metric}",
+                                        **{c: c.removeprefix("values_") for c in third}})
     return "Pareto front (feasible):\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4f}")
 
 

@@ -273,11 +273,17 @@ def _replace_initializers(proto, weights: list[StoredWeight]) -> None:
 
 
 def _strip_trace_info(proto) -> None:
-    """Drop the exporter's per-node debug records (stack traces with local paths, FX node text):
-    they are most of a small model's file and nothing a runtime reads."""
+    """Drop the exporter's debug records: per node (stack traces with local paths, FX node text; most
+    of a small model's file), and the graph's and its inputs' and outputs' ``torch.export`` records,
+    whose symbol names (``s77``) depend on what the process traced before, so the same plan's file
+    had a different size in a Ray worker than in the driver. Nothing a runtime reads."""
     for node in proto.graph.node:
         del node.metadata_props[:]
     del proto.graph.value_info[:]  # intermediate shapes: ONNX Runtime infers them again
+    for value in (*proto.graph.input, *proto.graph.output):
+        del value.metadata_props[:]
+    del proto.graph.metadata_props[:]
+    del proto.metadata_props[:]
 
 
 def _zero_conv_biases(plain: nn.Module) -> None:

@@ -279,3 +279,18 @@ def test_importing_compresstune_loads_no_onnx_package():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_same_model_exports_to_the_same_bytes_whatever_was_traced_before(tmp_path):
+    """The file holds no ``torch.export`` records: their symbol names depend on the process's history,
+    and made one plan's ``onnx_size`` differ between a Ray worker and the driver."""
+    model, make = ConvNet().eval(), MODELS["conv"][1]
+    small = ct.apply(model, ct.CompressionPlan.uniform(model, bits=4))
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    first, _ = _export(small, make, tmp_path / "a")
+    torch.export.export(_mlp(), (torch.randn(4, 20),), dynamic_shapes=({0: torch.export.Dim("n")},))
+    second, _ = _export(small, make, tmp_path / "b")
+    assert first.read_bytes() == second.read_bytes()
+    proto = onnx.load(str(first))
+    assert not proto.metadata_props and not proto.graph.metadata_props
+    assert not [v for v in (*proto.graph.input, *proto.graph.output) if v.metadata_props]

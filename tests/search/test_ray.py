@@ -632,3 +632,41 @@ def _count(out: Path, name: str, state: TrialState) -> int:
             return db.execute("SELECT count(*) FROM trials WHERE state = ?", (state.name,)).fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+def test_onnx_objectives_and_budgets_run_on_ray_workers_as_in_process(tmp_path, monkeypatch):
+    """``onnx_size`` as the third objective and ``max_onnx_bytes`` as a budget, on 2 Ray workers: each
+    worker exports the plan, records its bytes and latency, and rejects an over-budget plan before
+    training; a trial with the same plan in-process records the same file size."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.syspath_prepend(str(REPO))
+    study_file = write_study(tmp_path / "onnx_ray.yaml", "onnx_ray", trials=4, steps=5,
+                             extra="objectives: [accuracy, size, onnx_size]\n"
+                                   "constraints: {max_accuracy_drop: 0.5, max_onnx_bytes: 60000}\n"
+                                   "sensitivity: {enabled: false}\n")
+    out = tmp_path / "out"
+    proc = start_cli(["run", str(study_file), "--out", str(out), "--workers", "2", "--no-progress"], cwd=REPO,
+                     env=ray_env(), log=tmp_path / "run.log")
+    rc = finish(proc, timeout=400)
+    log = (tmp_path / "run.log").read_text()
+    assert rc == 0, log[-3000:]
+    study = load(out, "onnx_ray")
+    assert study.metric_names == ["val_accuracy", "size_bytes", "onnx_bytes"]
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 4 and proc.pid not in {t.user_attrs["worker"]["pid"] for t in trials}
+    for t in trials:
+        assert t.values[2] == t.user_attrs["onnx_bytes"] > 0 and t.user_attrs["onnx_latency_ms"] > 0
+        over = t.user_attrs["onnx_bytes"] > 60000
+        assert (t.constraints["max_onnx_bytes"] > 0) == over
+        assert (t.user_attrs.get("rejected") == "budget") == over
+    assert "onnx_bytes" in log  # the front table shows the third objective
+
+    from compresstune.search.config import load_config
+    from compresstune.search import run
+
+    local, _ = run(load_config(study_file, out=str(tmp_path / "local"), trials=1), progress=False,
+                   log=lambda m: None)
+    ref = local.get_trials(states=(TrialState.COMPLETE,))[0]
+    same = [t for t in trials if t.params == ref.params]  # the sampler's first draw, on a worker too
+    assert same and same[0].user_attrs["onnx_bytes"] == ref.user_attrs["onnx_bytes"]
