@@ -37,10 +37,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from torch import nn
 
+from compresstune.artifact import to_bytes
+from compresstune.compress import apply
 from compresstune.errors import ConfigError
 from compresstune.search._surrogate import _build_units, _LadderUnit, _params, _Sizer, estimate_bytes
 
-__all__ = ["Allocation", "allocate", "exact_seeds", "format_allocation", "plan_study", "solve", "study_surrogate"]
+__all__ = ["Allocation", "allocate", "allocate_macs", "exact_seeds", "format_allocation", "plan_study", "solve", "study_surrogate"]
 
 BUCKETS = 4096
 _TIE = 1e-6  # predicted drop per halving of a unit's size: the tie-break between "free" settings
@@ -60,6 +62,10 @@ class Allocation:
     seconds: float
     fits: bool
     metric: str = "accuracy"
+    budget_macs: float | None = None  # set for a MACs budget (then the byte fields are the plan's real size)
+    predicted_macs: float | None = None
+    real_macs: float | None = None
+    reference_macs: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -195,6 +201,128 @@ def allocate(space, model: nn.Module, scan: dict, *, max_bytes: int, reference_b
                       solves=solves, seconds=time.perf_counter() - t0, fits=fits)
 
 
+# -- a MACs budget ------------------------------------------------------------------------------------
+#
+# Only ranks and structured pruning lower dense MACs (bits and unstructured sparsity leave them as they
+# are), so under a MACs budget each unit picks a rank fraction and, when it leads a channel group, one
+# of the scanned channel fractions; its other knobs stay uncompressed. A layer's MACs are the product
+# of its input and output groups' kept channels, so they are not a sum over units: the knapsack runs on
+# each unit's change of the real count (``multiply_accumulates``) with the others held at the current
+# point, and is solved again around its own answer until the real count fits.
+
+def _channel_curve(scan: dict, prefix: str) -> Callable[[float], float]:
+    """The scan's drop when the unit's channel group loses a fraction of its channels."""
+    from compresstune.search._surrogate import _curve
+
+    if prefix not in scan.get("layers", []):
+        return lambda v: 0.0
+    row = scan["drop"][scan["layers"].index(prefix)]
+    points = [(float(v), float(d)) for (k, v), d in zip(scan["knobs"], row) if k == "structured" and d is not None]
+    return _curve([(0.0, 0.0), *points], ascending=True)
+
+
+def _mac_options(space, unit: _LadderUnit, scan: dict) -> list[_Setting]:
+    """The unit's settings that change MACs: its rank fractions x (for a group's leading unit) no
+    channel pruning or one of the scanned fractions; every other knob at its least compressive value."""
+    from compresstune.search._sensitivity import CHANNEL_LEVELS
+
+    base = {k: ladder[0] for k, ladder in unit.ladders.items()}
+    structured = space.distributions().get(f"{unit.prefix}:structured")
+    sparsity = unit.dists.get("sparsity")
+    channels = [0.0]
+    if structured is not None and True in structured.choices and sparsity is not None:
+        channels += sorted({unit.snap("sparsity", f) for f in CHANNEL_LEVELS} - {0.0})
+    cut = _channel_curve(scan, unit.prefix)
+    out = []
+    for rank, fraction in itertools.product(unit.ladders.get("rank_fraction", [None]), channels):
+        values = {**base, **({"rank_fraction": rank} if rank is not None else {})}
+        drop = unit.drop(values) + cut(fraction)
+        out.append(_Setting({**values, **({"channels": fraction} if fraction else {})}, drop, 0.0))
+    return out
+
+
+class _MacCounter:
+    """Real dense MACs of a plan's model on one example, cached by its parameters."""
+
+    def __init__(self, space, model: nn.Module, example: Any, task) -> None:
+        self.space, self.model, self.example, self.task = space, model, example, task
+        self._seen: dict[tuple, float] = {}
+
+    def __call__(self, params: dict[str, Any]) -> float:
+        from compresstune.objectives import multiply_accumulates
+
+        key = tuple(sorted(params.items()))
+        if key not in self._seen:
+            small = apply(self.model, self.space.decode(params))
+            self._seen[key] = multiply_accumulates(small, self.example, task=self.task)
+        return self._seen[key]
+
+
+def _pick_macs(options: list[list[_Setting]], deltas: list[list[float]], room: float,
+               buckets: int) -> list[int] | None:
+    """The knapsack on MACs changes: ``room`` is how far the count may move from the current point."""
+    lows = [min(d) for d in deltas]
+    capacity = room - sum(lows)
+    if capacity < 0:
+        return None
+    step = max(capacity, 1.0) / buckets
+    span = max(max(d) - low for d, low in zip(deltas, lows)) or 1.0
+    items = [[(s.drop + _TIE * (max(d) - m) / span, math.ceil((m - low) / step)) for s, m in zip(opts, d)]
+             for opts, d, low in zip(options, deltas, lows)]
+    return solve(items, buckets)
+
+
+def allocate_macs(space, model: nn.Module, scan: dict, *, max_macs: float, example: Any, task=None,
+                  reference_bytes: int, buckets: int = BUCKETS, repairs: int = 8,
+                  distill: dict[str, Any] | None = None, log: Callable[[str], None] | None = None) -> Allocation:
+    """The plan of least predicted drop whose real dense MACs (one example) are at most ``max_macs``;
+    when none is found, the space's plan of fewest MACs with ``fits=False``."""
+    t0 = time.perf_counter()
+    units_ = _build_units(space, scan)
+    options = [_mac_options(space, u, scan) for u in units_]
+    if all(len(o) == 1 for o in options):
+        raise ConfigError("no knob of this space lowers MACs: allow rank fractions below 1 (`space.rank_fraction`) "
+                          "or structured pruning (`space.structured: [false, true]`).")
+    uniform = space.uniform_params(0.0, 32, None)
+    distill = distill or {k: v for k, v in uniform.items() if k.startswith("distill:")}
+    params_of = lambda picks: _params(units_, {u.prefix: o[i].values for u, o, i in zip(units_, options, picks)},
+                                      distill)  # noqa: E731
+    count = _MacCounter(space, model, example, task)
+    reference_macs = count(params_of([0] * len(units_)))
+    point, target, best, solves, predicted = [0] * len(units_), float(max_macs), None, 0, None
+    for _ in range(repairs + 1):
+        here = count(params_of(point))
+        deltas = [[count(params_of(point[:j] + [i] + point[j + 1:])) - here for i in range(len(o))]
+                  for j, o in enumerate(options)]
+        picks = _pick_macs(options, deltas, target - here, buckets)
+        solves += 1
+        if picks is None:
+            break
+        real = count(params_of(picks))
+        drop = sum(o[i].drop for o, i in zip(options, picks))
+        if log:
+            log(f"allocate: solve {solves}: {real:,.0f} MACs (budget {max_macs:,.0f}), predicted drop {drop:.4f}")
+        if real <= max_macs and (best is None or drop < best[1] - 1e-12):
+            best, predicted = (picks, drop, real), here + sum(d[i] for d, i in zip(deltas, picks))
+        if max_macs * 0.99 <= real <= max_macs or (picks == point and real <= max_macs):
+            break  # the budget is used, or the knapsack's answer is the point it was solved around
+        if picks == point:  # over, where the count is exact: tighten the knapsack's budget by the excess
+            target *= max_macs / real * 0.999
+        point = picks
+    fits = best is not None
+    if not fits:
+        picks = [min(range(len(o)), key=lambda i, j=j: count(params_of(point[:j] + [i] + point[j + 1:])))
+                 for j, o in enumerate(options)]
+        best = (picks, sum(o[i].drop for o, i in zip(options, picks)), count(params_of(picks)))
+        predicted = best[2]
+    params = params_of(best[0])
+    real_bytes = len(to_bytes(apply(model, space.decode(params))))
+    return Allocation(params=params, budget_bytes=0, predicted_drop=best[1], predicted_bytes=float(real_bytes),
+                      real_bytes=real_bytes, reference_bytes=int(reference_bytes), solves=solves,
+                      seconds=time.perf_counter() - t0, fits=fits, budget_macs=float(max_macs),
+                      predicted_macs=predicted, real_macs=best[2], reference_macs=reference_macs)
+
+
 def exact_seeds(space, model: nn.Module, scan: dict, *, ratios, reference_bytes: int) -> list:
     """Seed trials (``sensitivity.allocator: exact``): one allocation per target ratio, as
     :func:`compresstune.search._seeds.plan_seeds` returns them (an unreachable target gives the
@@ -215,16 +343,26 @@ def exact_seeds(space, model: nn.Module, scan: dict, *, ratios, reference_bytes:
 
 
 def format_allocation(alloc: Allocation, space) -> str:
-    """The plan per layer, then its predicted drop and its predicted and real sizes."""
+    """The plan per layer, then its predicted drop and its predicted and real sizes (or MACs)."""
     plan = space.decode(alloc.params)
-    rows = [("layer", "sparsity", "bits", "rank")]
+    channels = any(lp.structured for lp in plan.layers.values())
+    rows = [("layer", "sparsity", "bits", "rank") + (("channels cut",) if channels else ())]
     for name, lp in plan.layers.items():
-        rows.append((name, f"{lp.sparsity:.2f}", str(lp.bits), "-" if lp.rank is None else str(lp.rank)))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        cut = (f"{float(lp.structured):.2f}" if lp.structured else "-",) if channels else ()
+        rows.append((name, "-" if lp.structured else f"{lp.sparsity:.2f}", str(lp.bits),
+                     "-" if lp.rank is None else str(lp.rank), *cut))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
     state = "fits" if alloc.fits else "does NOT fit (the space's most compressed plan)"
-    return (f"{table}\n\npredicted {alloc.metric} drop {alloc.predicted_drop:.4f} (the scan's, summed over layers, before "
-            f"fine-tuning)\npredicted size {alloc.predicted_bytes:,.0f} bytes; real packed size "
+    drop = (f"predicted {alloc.metric} drop {alloc.predicted_drop:.4f} (the scan's, summed over layers, before "
+            "fine-tuning)")
+    if alloc.budget_macs is not None:
+        return (f"{table}\n\n{drop}\nMACs per example {alloc.real_macs:,.0f} "
+                f"({alloc.real_macs / alloc.reference_macs:.2f} of the model's {alloc.reference_macs:,.0f}), "
+                f"budget {alloc.budget_macs:,.0f}: {state}\nreal packed size {alloc.real_bytes:,} bytes "
+                f"({alloc.ratio:.1f}x; every other knob uncompressed)\nsolved {alloc.solves} time(s) in "
+                f"{alloc.seconds:.2f} s")
+    return (f"{table}\n\n{drop}\npredicted size {alloc.predicted_bytes:,.0f} bytes; real packed size "
             f"{alloc.real_bytes:,} bytes ({alloc.ratio:.1f}x), budget {alloc.budget_bytes:,}: {state}\n"
             f"solved {alloc.solves} time(s) in {alloc.seconds:.2f} s")
 
@@ -252,20 +390,36 @@ def study_surrogate(config, *, log: Callable[[str], None] = print) -> tuple[nn.M
 
 
 def plan_study(config, *, ratio: float | None = None, max_bytes: int | None = None,
-               log: Callable[[str], None] = print) -> tuple[Allocation, Any]:
-    """The allocation for a study file's model at ``ratio`` (x smaller than float32) or
-    ``max_bytes``, without training (:func:`study_surrogate`). Returns ``(allocation, space)``.
+               max_macs: float | None = None, log: Callable[[str], None] = print) -> tuple[Allocation, Any]:
+    """The allocation for a study file's model at ``ratio`` (x smaller than float32), ``max_bytes``
+    or ``max_macs`` (dense multiply-accumulates per example), without training
+    (:func:`study_surrogate`). Returns ``(allocation, space)``.
 
     Example:
         >>> alloc, space = plan_study(load_config("studies/digits.yaml"), ratio=32)  # doctest: +SKIP
     """
-    if (ratio is None) == (max_bytes is None):
-        raise ConfigError(f"give exactly one of `ratio` and `max_bytes`; got ratio={ratio!r}, max_bytes={max_bytes!r}.")
+    given = {k: v for k, v in (("ratio", ratio), ("max_bytes", max_bytes), ("max_macs", max_macs)) if v is not None}
+    if len(given) != 1:
+        raise ConfigError("give exactly one of `ratio`, `max_bytes` and `max_macs`; got "
+                          f"ratio={ratio!r}, max_bytes={max_bytes!r}, max_macs={max_macs!r}.")
     if ratio is not None and not ratio >= 1:
         raise ConfigError(f"`ratio` must be a number >= 1 (times smaller than float32); got {ratio!r}.")
     if max_bytes is not None and not max_bytes >= 1:
         raise ConfigError(f"`max_bytes` must be an integer >= 1; got {max_bytes!r}.")
+    if max_macs is not None and not max_macs > 0:
+        raise ConfigError(f"`max_macs` must be a number > 0 (multiply-accumulates per example); got {max_macs!r}.")
     model, task, space, reference, scan = study_surrogate(config, log=log)
+    if max_macs is not None:
+        example = next(iter(task.batches("val")))
+        alloc = allocate_macs(space, model, scan, max_macs=float(max_macs), example=example, task=task,
+                              reference_bytes=reference, log=log)
+        alloc.metric = task.metric
+        if not alloc.fits:
+            raise ConfigError(f"no plan of this space fits --max-macs {max_macs:,.0f}: its plan of fewest MACs has "
+                              f"{alloc.real_macs:,.0f} ({alloc.real_macs / alloc.reference_macs:.2f} of the model's "
+                              f"{alloc.reference_macs:,.0f}). Ask for more, or allow lower rank fractions or "
+                              "structured pruning in the space.")
+        return alloc, space
     budget = int(max_bytes) if max_bytes is not None else int(reference / ratio)
     alloc = allocate(space, model, scan, max_bytes=budget, reference_bytes=reference)
     alloc.metric = task.metric

@@ -200,5 +200,9 @@ def _params(units_: list[_LadderUnit], state: dict[str, dict[str, Any]], distill
     out = dict(distill)
     for u in units_:
         out.update(u.fixed)
-        out.update({f"{u.prefix}:{k}": v for k, v in state[u.prefix].items()})
+        values = dict(state[u.prefix])
+        channels = values.pop("channels", 0.0)
+        if channels:  # a group's leading unit: structured pruning, its sparsity the group's fraction
+            values.update(structured=True, sparsity=channels)
+        out.update({f"{u.prefix}:{k}": v for k, v in values.items()})
     return out

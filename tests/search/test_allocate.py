@@ -109,4 +109,65 @@ def test_compresstune_plan_prints_the_plan_and_its_real_size(tmp_path):
     bad = run("--ratio", "500")
     assert bad.returncode == 2 and "no plan of this space fits --ratio 500" in bad.stderr
     neither = run()
-    assert neither.returncode == 2 and "one of the arguments --ratio --max-size is required" in neither.stderr
+    assert neither.returncode == 2 and "one of the arguments --ratio --max-size --max-macs is required" in neither.stderr
+
+
+# -- a MACs budget: ranks and channel groups ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits_channels(digits):
+    model = digits[0]
+    from studies import digits as mod
+
+    task = Classification.from_splits(mod.data())
+    config = StudyConfig.from_dict({"name": "alloc", "space": {"structured": [False, True]},
+                                    "sensitivity": {"examples": 200}})
+    space = Space.from_config(config.space, model)
+    example = next(iter(task.batches("val")))
+    return model, space, scan(model, task, space, config.sensitivity), task, example
+
+
+@pytest.mark.parametrize("share", [0.5, 0.1])
+def test_a_macs_plan_fits_its_budget_counted_for_real(digits_channels, share):
+    from compresstune.objectives import multiply_accumulates
+    from compresstune.search._allocate import allocate_macs
+
+    model, space, table, task, example = digits_channels
+    reference = multiply_accumulates(model, example, task=task)
+    budget = share * reference
+    alloc = allocate_macs(space, model, table, max_macs=budget, example=example, task=task,
+                          reference_bytes=reference_size(model))
+    small = apply(model, space.decode(alloc.params))
+    assert alloc.fits and alloc.real_macs == multiply_accumulates(small, example, task=task) <= budget
+    assert alloc.real_macs >= 0.8 * budget and alloc.reference_macs == reference
+    assert alloc.real_bytes == len(to_bytes(small))
+    plan = space.decode(alloc.params)
+    assert all(lp.bits == 32 and (lp.structured or lp.sparsity == 0) for lp in plan.layers.values())  # MACs only
+    if share == 0.1:  # no rank alone gets there: channels are cut
+        assert any(lp.structured for lp in plan.layers.values())
+
+
+def test_a_space_that_cannot_lower_macs_is_refused_naming_the_knobs(digits):
+    from compresstune.errors import ConfigError
+    from compresstune.search._allocate import allocate_macs
+
+    model, _, table, ref = digits
+    space = Space.from_config(StudyConfig.from_dict({"space": {"rank_fraction": [1.0]}}).space, model)
+    with pytest.raises(ConfigError, match=r"no knob of this space lowers MACs.*rank_fraction.*structured"):
+        allocate_macs(space, model, table, max_macs=1e5, example=None, reference_bytes=ref)
+
+
+def test_compresstune_plan_max_macs_prints_the_plan_and_its_count(tmp_path):
+    study = tmp_path / "digits_channels.yaml"
+    study.write_text((ROOT / "studies" / "digits.yaml").read_text().replace("structured: [false]",
+                                                                              "structured: [false, true]"))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "compresstune.cli", "plan", str(study),  # noqa: E731
+                                     "--out", str(tmp_path / "out"), *a], cwd=ROOT, capture_output=True, text=True,
+                                    timeout=300)
+    ok = run("--max-macs", "100000")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("layer  sparsity  bits  rank  channels cut"), ok.stdout
+    macs = float(re.search(r"MACs per example ([\d,]+)", ok.stdout).group(1).replace(",", ""))
+    assert 80000 <= macs <= 100000 and "fits" in ok.stdout
+    bad = run("--max-macs", "10")
+    assert bad.returncode == 2 and "no plan of this space fits --max-macs 10" in bad.stderr
