@@ -222,7 +222,8 @@ def status_text(study: optuna.Study, out: Path) -> str:
     done = [t for t in every if t.user_attrs.get("promoted_from") is None]
     kinds = [(sum(t.user_attrs.get("stopped_at_rung") is not None for t in done), "stopped early"),
              (sum(t.user_attrs.get("rejected") == "budget" for t in done), "over a budget, not fine-tuned"),
-             (sum(bool(t.user_attrs.get("seed_trial")) for t in done), "seed trials")]
+             (sum(bool(t.user_attrs.get("seed_trial")) for t in done), "seed trials"),
+             (sum(t.user_attrs.get("refined_from") is not None for t in done), "refinements of the front")]
     among = ", ".join(f"{n} {what}" for n, what in kinds if n)
     steps = sorted({int(t.user_attrs.get("promotion_steps", 0)) for t in promoted})
     longer = (f", {len(promoted)} promoted to a longer fine-tune ({'/'.join(map(str, steps))} steps; each "

@@ -29,6 +29,7 @@ from compresstune.search._progress import Progress
 from compresstune.search._promotion import PROMOTED_FROM, Promoter, promotion_steps
 from compresstune.search._records import (FAIL_KIND, FAIL_REASON, FrontCache, Records, Tally, last_failure,
                                           tally)
+from compresstune.search._refine import FrontRefiner
 from compresstune.search._seeds import SeedRefiner
 from compresstune.search._session import Session
 from compresstune.search._storage import SearchError, repair_interrupted, requeue
@@ -75,6 +76,7 @@ class TrialLoop:
         self.progress = progress
         self.bar: Progress | None = None  # drawn while running()
         self.refiner = SeedRefiner(session)
+        self.front_refiner = FrontRefiner(session)
         self.promoter = Promoter.for_session(session)  # None unless `promotion.enabled`
         self.promoting: dict[Hashable, tuple[int, int]] = {}  # live promoted trials -> (steps, short trial)
 
@@ -142,7 +144,9 @@ class TrialLoop:
         """Ask the study for a trial and draw its plan; ``(trial, plan)``, or None when the
         space failed (the trial is then recorded FAIL). The trial is in flight under
         ``key`` until :meth:`record`."""
-        self.refiner.step(room=self.target - self.complete - len(self.live))
+        room = self.target - self.complete - len(self.live)
+        self.refiner.step(room=room)
+        self.front_refiner.step(room=room)
         trial = self.study.ask()
         self.live[key] = trial  # from here on an interruption finds it
         self._note_promotion(key, trial)

@@ -68,6 +68,7 @@ SEED_TRIALS = "seed_trials"
 SEED_REFINEMENT = "seed_refinement"
 SEED_SECONDS = "seed_seconds"
 PROMOTION_ROUNDS = "promotion_rounds"
+FRONT_REFINEMENTS = "front_refinements"
 
 STUDY_KEYS: dict[str, tuple[str, str]] = {
     SCHEMA_KEY: ("int", "version of this record schema (absent: 1)"),
@@ -94,6 +95,8 @@ STUDY_KEYS: dict[str, tuple[str, str]] = {
     SEED_TRIALS: ("list[dict]", "planned seed trials: target ratio, ratio, size, predicted drop, round"),
     SEED_REFINEMENT: ("dict", "targets of the second round of seed trials"),
     SEED_SECONDS: ("float", "seconds spent planning the seed trials"),
+    FRONT_REFINEMENTS: ("list[dict]", "front trials continued along the seed path (`sensitivity.refine_front`): "
+                                      "`of` (the front trial), `target_ratio`, `ratio` (null: none planned)"),
     PROMOTION_ROUNDS: ("list[dict]", "promotion rounds planned: `after` (COMPLETE trials), `steps`, `promoted` "
                                      "(the short trials' numbers)"),
 }
@@ -128,6 +131,8 @@ SEED_PREDICTED_DROP = "seed_predicted_drop"
 SEED_ROUND = "seed_round"
 PROMOTED_FROM = "promoted_from"
 PROMOTION_STEPS = "promotion_steps"
+REFINED_FROM = "refined_from"
+REFINE_TARGET_RATIO = "refine_target_ratio"
 
 TRIAL_KEYS: dict[str, tuple[str, str]] = {
     DRIVER: ("str", "`host:output folder` of the driver that asked the trial (its RUNNING trials are its own)"),
@@ -163,6 +168,8 @@ TRIAL_KEYS: dict[str, tuple[str, str]] = {
     PROMOTED_FROM: ("int", "a promoted trial: the short trial whose plan it fine-tunes longer (it replaces that "
                            "trial on the front)"),
     PROMOTION_STEPS: ("int", "a promoted trial: its fine-tune steps (`promotion.steps`)"),
+    REFINED_FROM: ("int", "a refinement of the front: the front trial whose plan it continues along the seed path"),
+    REFINE_TARGET_RATIO: ("float", "a refinement of the front: the ratio it aims at"),
 }
 
 FAIL_KINDS = ("error", "memory", "worker", "space", "interrupted")

@@ -473,7 +473,9 @@ class SensitivityConfig(_Frozen):
     spending compression where the scan says it hurts least; enqueued only into
     a new study; ``[]`` enqueues none. Once they have run, ``refine_seeds``
     more are planned along the same path between the largest seed ratio that
-    met the constraints and the next one that did not (0: none). ``narrow: true`` also caps each layer's
+    met the constraints and the next one that did not (0: none). ``refine_front: k`` then makes one
+    trial in every k a continuation of a feasible front trial, from the largest ratio down,
+    ``refine_step`` times smaller along that path (0: off). ``narrow: true`` also caps each layer's
     sparsity, bits and rank range at the first scanned level whose drop reaches
     ``cliff``; decided before trial 0 and stored in the study.
 
@@ -491,6 +493,10 @@ class SensitivityConfig(_Frozen):
     rank_fraction: list[Num] = [0.25, 0.5, 0.75]
     seed_ratios: list[Num] = [4.0, 8.0, 16.0, 32.0, 64.0]
     refine_seeds: Int = Field(2, ge=0, le=8)
+    # After the seeds, one trial in every `refine_front` continues a feasible front trial (from the
+    # largest ratio down) `refine_step` times smaller along the seed path (search/_refine.py); 0: off.
+    refine_front: Int = Field(0, ge=0)
+    refine_step: Num = Field(1.25, gt=1, le=4)
     narrow: StrictBool = False
     cliff: Num = Field(0.3, gt=0, le=1)
     # How a seed plan is chosen: "greedy" (the planner's path) or "exact" (a multiple-choice

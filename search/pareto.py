@@ -234,6 +234,8 @@ def _trial_row(trial: Any, metrics: Sequence[str], reference_bytes: float) -> di
     row["seed_trial"] = bool(attrs.get("seed_trial", False))
     source = attrs.get("promoted_from")
     row["promoted_from"] = None if source is None else int(source)
+    refined = attrs.get("refined_from")
+    row["refined_from"] = None if refined is None else int(refined)
     row["datetime_start"] = _timestamp(trial.datetime_start)
     row["datetime_complete"] = _timestamp(trial.datetime_complete)
     plan = attrs.get("plan")
@@ -263,6 +265,7 @@ def _core_frame(study: Any, trials: Sequence[Any] | None = None) -> pd.DataFrame
     df["seed_trial"] = df["seed_trial"].astype(bool)
     df["rejected"] = df["rejected"].astype(object)
     df["promoted_from"] = df["promoted_from"].astype("Int64")
+    df["refined_from"] = df["refined_from"].astype("Int64")
     df["promoted_to"] = _promoted_to(df)
     for col in ("datetime_start", "datetime_complete"):
         df[col] = pd.to_datetime(df[col])
@@ -274,7 +277,8 @@ def _trial_row_columns(metrics: Sequence[str]) -> Iterable[str]:
     yield from (f"values_{m}" for m in metrics)
     yield from (
         "size_bytes", "ratio", "log2_ratio", "val_accuracy", "test_accuracy", "feasible",
-        "rejected", "stopped_at_rung", "seed_trial", "promoted_from", "datetime_start", "datetime_complete", "plan",
+        "rejected", "stopped_at_rung", "seed_trial", "promoted_from", "refined_from", "datetime_start",
+        "datetime_complete", "plan",
     )  # fmt: skip
 
 

@@ -36,7 +36,8 @@ def trials_frame(study: Any) -> pd.DataFrame:
     ``violated`` (names of the positive constraints), ``rejected`` (the reason,
     e.g. ``"budget"``, or empty), ``stopped_at_rung``, ``seed_trial``,
     ``promoted_from`` (a promoted trial: the short trial it fine-tunes longer), ``promoted_to``
-    (a short trial: the COMPLETE promotion that replaces it), ``fail_reason``, ``apply_s``, ``finetune_s``, ``eval_s``, ``total_s``,
+    (a short trial: the COMPLETE promotion that replaces it), ``refined_from`` (a refinement of the
+    front: the front trial it continues), ``fail_reason``, ``apply_s``, ``finetune_s``, ``eval_s``, ``total_s``,
     ``datetime_start``, ``datetime_complete``, ``category`` (one of front,
     dominated, infeasible, rejected, stopped, replaced, failed, pruned, running),
     ``pareto`` and ``plan`` (the plan's JSON string, so ``pd.read_csv`` gets it
@@ -64,8 +65,8 @@ def trials_frame(study: Any) -> pd.DataFrame:
     order = (
         ["number", "state", *[f"values_{m}" for m in metrics], *params.columns,
          "size_bytes", "ratio", "log2_ratio", "val_accuracy", "test_accuracy", "feasible",
-         "violated", "rejected", "stopped_at_rung", "seed_trial", "promoted_from", "promoted_to", "fail_reason",
-         "apply_s", "finetune_s", "eval_s", "total_s", "macs", "onnx_bytes", "onnx_latency_ms",
+         "violated", "rejected", "stopped_at_rung", "seed_trial", "promoted_from", "promoted_to", "refined_from",
+         "fail_reason", "apply_s", "finetune_s", "eval_s", "total_s", "macs", "onnx_bytes", "onnx_latency_ms",
          "datetime_start", "datetime_complete", "category", "pareto", "plan"]
     )  # fmt: skip
     return df[order].sort_values("number", kind="stable").reset_index(drop=True)

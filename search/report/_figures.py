@@ -519,6 +519,8 @@ def _table_html(data: ReportData) -> str:
         seed = ' <span class="tag">seed</span>' if r.seed_trial else ""
         if _finite(r.promoted_from):
             seed += f' <span class="tag">promoted from #{int(r.promoted_from)}</span>'
+        if _finite(getattr(r, "refined_from", None)):
+            seed += f' <span class="tag">refined from #{int(r.refined_from)}</span>'
 
         cells = [
             (n, f"#{n}{seed}"), (r.size_bytes, _fmt_int(r.size_bytes)), (r.ratio, _fmt_ratio(r.ratio)),
