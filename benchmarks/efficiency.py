@@ -7,7 +7,13 @@ the other (interleaved by seed, so machine load drifts spread over variants):
 * ``plain``       no sensitivity scan, no seeds, no early stopping;
 * ``seeds``       sensitivity scan + seed trials (4x ... 64x, then the bisecting round);
 * ``early_stop``  Pareto-aware early stopping at the fine-tune rungs (default rule);
-* ``both``        the two together.
+* ``both``        the two together;
+
+and, when asked for with ``--variants``:
+
+* ``exact``        seeds planned by the exact allocator (``sensitivity.allocator: exact``);
+* ``refine``       seeds, then one trial in three refines the front (``sensitivity.refine_front: 3``);
+* ``exact_refine`` the two together.
 
 The clock of a search starts when its searching starts: the sensitivity scan and
 the seed planning, then the trials. Wall-clock time is the headline (the aim is
@@ -48,19 +54,25 @@ from compresstune.search.config import StudyConfig, load_config  # noqa: E402
 
 OUT = BENCH / "efficiency"
 STUDIES = {"digits": "studies/digits.yaml", "lenet300": "studies/mnist_lenet300.yaml"}
-VARIANTS = {"plain": (False, False), "seeds": (True, False), "early_stop": (False, True), "both": (True, True)}
+# variant -> (seed trials on, early stopping on, sensitivity overrides)
+VARIANTS = {"plain": (False, False, {}), "seeds": (True, False, {}), "early_stop": (False, True, {}),
+            "both": (True, True, {}), "exact": (True, False, {"allocator": "exact"}),
+            "refine": (True, False, {"refine_front": 3}), "exact_refine": (True, False, {"allocator": "exact",
+                                                                                          "refine_front": 3})}
+DEFAULT_VARIANTS = ["plain", "seeds", "early_stop", "both"]
 
 
 # -- running ----------------------------------------------------------------------------------------
 
 def variant_config(study: str, variant: str, seed: int, trials: int | None) -> StudyConfig:
-    seeds_on, stop_on = VARIANTS[variant]
+    seeds_on, stop_on, sensitivity = VARIANTS[variant]
     data = load_config(STUDIES[study]).to_dict()
     data["name"] = f"eff-{study}-{variant}-s{seed}"
     data["search"].update(seed=seed, out=str(OUT / study / f"{variant}-s{seed}"), storage=None)
     if trials:
         data["search"]["trials"] = trials
     data["sensitivity"]["enabled"] = seeds_on
+    data["sensitivity"].update(sensitivity)
     data["early_stopping"]["enabled"] = stop_on
     return StudyConfig.from_dict(data)
 
@@ -243,7 +255,7 @@ def _ratio_to_reach(tl: dict, target: float, horizon: float, key: str) -> float:
     return hit[0] / horizon if hit else math.inf
 
 
-def summarise(seeds: list[int], tls: dict, reruns: dict) -> str:
+def summarise(seeds: list[int], tls: dict, reruns: dict, variants: list[str]) -> str:
     """One markdown row per variant; each cell lists the searches in seed order.
 
     Times are ratios to the plain search of the same seed: the wall-clock (and
@@ -252,8 +264,8 @@ def summarise(seeds: list[int], tls: dict, reruns: dict) -> str:
     """
     rows = []
     plain_mean = sum(tls[("plain", s)]["hv"][-1] for s in seeds) / len(seeds)
-    for variant in VARIANTS:
-        finals, wall, cpu, steps_to, wall_mean, hv_half = [], [], [], [], [], []
+    for variant in variants:
+        finals, wall, cpu, steps_to, wall_mean, hv_half, after_seeds, at25 = [], [], [], [], [], [], [], []
         stopped = saved = total_steps = 0
         for seed in seeds:
             tl, plain = tls[(variant, seed)], tls[("plain", seed)]
@@ -265,6 +277,8 @@ def summarise(seeds: list[int], tls: dict, reruns: dict) -> str:
             steps_to.append(hit[1] / plain["steps"][-1] if hit else math.inf)
             wall_mean.append(_ratio_to_reach(tl, plain_mean, plain["wall"][-1], "wall"))
             hv_half.append(hv_at(tl, 0.5 * plain["wall"][-1], "wall") / target if target > 0 else math.nan)
+            after_seeds.append(tl["hv"][tl["seeds"] - 1] if tl["seeds"] else math.nan)
+            at25.append(tl["hv"][min(25, len(tl["hv"])) - 1])
             stopped += tl["stopped"]
             saved += tl["steps_saved"]
             total_steps += tl["steps"][-1]
@@ -272,11 +286,13 @@ def summarise(seeds: list[int], tls: dict, reruns: dict) -> str:
             variant, f"{_fmt(finals, 4)} (mean {sum(finals) / len(finals):.4f})",
             f"{_fmt(wall)} (median {_median(wall):.2f})", _fmt(cpu), _fmt(steps_to),
             f"{_fmt(wall_mean)} (median {_median(wall_mean):.2f})", _fmt(hv_half),
+            _fmt(after_seeds, 4) if tl["seeds"] else "-", _fmt(at25, 4),
             f"{stopped} ({saved:,} of {saved + total_steps:,} steps, {saved / max(1, saved + total_steps):.0%})",
         ])
     headers = ["variant", "final HV", "wall-clock to plain's final HV (x plain's)", "CPU time to it (x plain's)",
                "fine-tune steps to it (x plain's)", "wall-clock to the mean plain final HV (x plain's)",
-               "HV at half of plain's wall-clock (x plain's final)", "stopped trials (fine-tune steps saved)"]
+               "HV at half of plain's wall-clock (x plain's final)", "HV after the seed trials", "HV after 25 trials",
+               "stopped trials (fine-tune steps saved)"]
     lines = [markdown_table(headers, rows)]
     if reruns:
         n = sum(r["stopped"] for r in reruns.values())
@@ -291,11 +307,11 @@ def summarise(seeds: list[int], tls: dict, reruns: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(study_name: str, seeds: list[int], tls: dict) -> Path:
+def plot(study_name: str, seeds: list[int], tls: dict, variants: list[str]) -> Path:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for variant in VARIANTS:
+    for variant in variants:
         for seed in seeds:
             tl = tls[(variant, seed)]
             fig.add_scatter(x=tl["wall"], y=tl["hv"], mode="lines", line_shape="hv", name=f"{variant} s{seed}",
@@ -314,11 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--studies", nargs="+", default=["digits"], choices=list(STUDIES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--trials", type=int, help="trials per search (default: the study file's)")
+    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS),
+                   help="which searches to run beside `plain` (always run: the reference)")
     p.add_argument("--out", type=Path, default=OUT, help=f"where the searches live (default {OUT})")
     p.add_argument("--rerun-stopped", nargs="*", type=int, default=None,
                    help="seeds whose early-stopped trials are re-run to the end (default: the first seed)")
     args = p.parse_args(argv)
     OUT = args.out.resolve()
+    variants = ["plain", *[v for v in args.variants if v != "plain"]]
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rerun_seeds = args.seeds[:1] if args.rerun_stopped is None else args.rerun_stopped
@@ -329,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     for study_name in args.studies:
         tls, reruns = {}, {}
         for seed in args.seeds:
-            for variant in VARIANTS:
+            for variant in variants:
                 cfg = variant_config(study_name, variant, seed, args.trials)
                 t0 = time.time()
                 study = run_variant(cfg)
@@ -344,10 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = variant_config(study_name, "plain", args.seeds[0], args.trials)
         head = (f"\n### {study_name} ({STUDIES[study_name]}, {cfg.search.trials} trials, {cfg.finetune.steps} "
                 f"fine-tune steps, rungs every {cfg.finetune.eval_every}; search seeds {args.seeds})\n")
-        report.append(head + summarise(args.seeds, tls, reruns))
+        report.append(head + summarise(args.seeds, tls, reruns, variants))
         results[study_name] = {f"{v}-s{s}": tl for (v, s), tl in tls.items()}
         results[study_name]["reruns"] = {f"{v}-s{s}": r for (v, s), r in reruns.items()}
-        log(f"plot: {plot(study_name, args.seeds, tls)}")
+        log(f"plot: {plot(study_name, args.seeds, tls, variants)}")
     cmd = "nice -n 10 .venv/bin/python benchmarks/efficiency.py " + " ".join(sys.argv[1:] if argv is None else argv)
     report.insert(0, f"Command: `{cmd.strip()}` (took {(time.time() - started) / 60:.0f} min)  ")
     text = "\n".join(report)
