@@ -311,8 +311,7 @@ def allocate_macs(space, model: nn.Module, scan: dict, *, max_macs: float, examp
         point = picks
     fits = best is not None
     if not fits:
-        picks = [min(range(len(o)), key=lambda i, j=j: count(params_of(point[:j] + [i] + point[j + 1:])))
-                 for j, o in enumerate(options)]
+        picks = [min(range(len(d)), key=d.__getitem__) for d in deltas]  # the fewest MACs around the last point
         best = (picks, sum(o[i].drop for o, i in zip(options, picks)), count(params_of(picks)))
         predicted = best[2]
     params = params_of(best[0])
