@@ -144,6 +144,7 @@ def warm_up(study: str) -> None:
         data["name"], data["search"]["out"] = "warm-up", tmp
         cfg = StudyConfig.from_dict(data)
         out = Path(tmp)
+        SHARED_CACHE.mkdir(parents=True, exist_ok=True)
         (out / "cache").symlink_to(SHARED_CACHE.resolve(), target_is_directory=True)
         from compresstune.search._controller import prepare
         from compresstune.search._local import run_local
