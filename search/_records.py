@@ -325,6 +325,14 @@ def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
 
 
+def fully_tuned_feasible(trial) -> bool:
+    """A COMPLETE trial that met its constraints, was not rejected, was not stopped early and has
+    values: a point of the front (the seed and front refiners read it)."""
+    attrs = trial.user_attrs or {}
+    return (trial.state == TrialState.COMPLETE and trial.values is not None and not attrs.get(REJECTED)
+            and attrs.get(STOPPED_AT_RUNG) is None and _feasible(trial))
+
+
 def _feasible(trial) -> bool:
     constraints = getattr(trial, "constraints", None)
     if constraints is None:  # an older FrozenTrial

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from compresstune.search._records import FRONT_REFINEMENTS, REFINE_TARGET_RATIO, REFINED_FROM, SEED_TRIAL
+from compresstune.search._records import (FRONT_REFINEMENTS, REFINE_TARGET_RATIO, REFINED_FROM, SEED_TRIAL,
+                                          fully_tuned_feasible)
 from compresstune.search._seeds import _greedy_path, _hit, _state_of
 from compresstune.search._surrogate import _HEADER_SLACK, _build_units, _params, _Sizer
 
@@ -27,18 +28,8 @@ __all__ = ["FrontRefiner"]
 
 
 def _feasible_points(trials) -> list:
-    """COMPLETE, feasible, fully fine-tuned trials on the 2-D front (metric against size), largest
-    ratio first."""
-    done = []
-    for t in trials:
-        attrs = t.user_attrs
-        if t.state.name != "COMPLETE" or t.values is None or attrs.get("rejected") \
-                or attrs.get("stopped_at_rung") is not None or attrs.get("promoted_to") is not None:
-            continue
-        if any(float(v) > 0 for v in (t.constraints or {}).values()):
-            continue
-        done.append(t)
-    return done
+    """COMPLETE, feasible, fully fine-tuned trials that no promotion replaced."""
+    return [t for t in trials if fully_tuned_feasible(t) and t.user_attrs.get("promoted_to") is None]
 
 
 def _front_2d(trials, maximize: bool) -> list:

@@ -47,6 +47,7 @@ from typing import Any, Callable
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from torch import nn
 
+from compresstune.search._records import fully_tuned_feasible
 from compresstune.search._sensitivity import _channel_settings, cache_key, load_or_scan, units as _units
 from compresstune.search._surrogate import (_HEADER_SLACK, _KNOBS, Seed, _build_units, _LadderUnit, _params,
                                             _Sizer, estimate_bytes)
@@ -282,10 +283,7 @@ def _seed_point(trial) -> tuple[float, bool] | None:
     """(ratio, feasible) of a finished seed trial; None while it is not COMPLETE."""
     if trial.state.name != "COMPLETE" or not isinstance(trial.user_attrs.get("ratio"), (int, float)):
         return None
-    attrs = trial.user_attrs
-    ok = not attrs.get("rejected") and attrs.get("stopped_at_rung") is None \
-        and all(v <= 0 for v in (trial.constraints or {}).values())
-    return float(attrs["ratio"]), bool(ok)
+    return float(trial.user_attrs["ratio"]), fully_tuned_feasible(trial)
 
 
 class SeedRefiner:
