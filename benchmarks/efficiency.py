@@ -184,7 +184,9 @@ def timeline(study: optuna.Study, steps: int, out: Path) -> dict:
     return {"clock": clock, "wall": wall, "hv": hv, "steps": used, "overhead_cpu_s": done["cpu_overhead_s"],
             "trials": len(series), "stopped": len(stopped),
             "steps_saved": sum(steps - int(t.user_attrs["stopped_at_rung"]) for t in stopped),
-            "seeds": sum(bool(t.user_attrs.get("seed_trial")) for t in trials)}
+            "seeds": sum(bool(t.user_attrs.get("seed_trial")) for t in trials),
+            "first_seeds": sum(bool(t.user_attrs.get("seed_trial")) and t.user_attrs.get("seed_round", 1) == 1
+                               for t in trials)}
 
 
 def first_reach(tl: dict, target: float, clock_key: str = "clock") -> tuple[float, int] | None:
@@ -267,6 +269,7 @@ def summarise(seeds: list[int], tls: dict, reruns: dict, variants: list[str]) ->
     plain_mean = sum(tls[("plain", s)]["hv"][-1] for s in seeds) / len(seeds)
     for variant in variants:
         finals, wall, cpu, steps_to, wall_mean, hv_half, after_seeds, at25 = [], [], [], [], [], [], [], []
+        after_first = []
         stopped = saved = total_steps = 0
         for seed in seeds:
             tl, plain = tls[(variant, seed)], tls[("plain", seed)]
@@ -279,6 +282,8 @@ def summarise(seeds: list[int], tls: dict, reruns: dict, variants: list[str]) ->
             wall_mean.append(_ratio_to_reach(tl, plain_mean, plain["wall"][-1], "wall"))
             hv_half.append(hv_at(tl, 0.5 * plain["wall"][-1], "wall") / target if target > 0 else math.nan)
             after_seeds.append(tl["hv"][tl["seeds"] - 1] if tl["seeds"] else math.nan)
+            first = tl.get("first_seeds", 0)
+            after_first.append(tl["hv"][first - 1] if first else math.nan)
             at25.append(tl["hv"][min(25, len(tl["hv"])) - 1])
             stopped += tl["stopped"]
             saved += tl["steps_saved"]
@@ -287,12 +292,14 @@ def summarise(seeds: list[int], tls: dict, reruns: dict, variants: list[str]) ->
             variant, f"{_fmt(finals, 4)} (mean {sum(finals) / len(finals):.4f})",
             f"{_fmt(wall)} (median {_median(wall):.2f})", _fmt(cpu), _fmt(steps_to),
             f"{_fmt(wall_mean)} (median {_median(wall_mean):.2f})", _fmt(hv_half),
-            _fmt(after_seeds, 4) if tl["seeds"] else "-", _fmt(at25, 4),
+            _fmt(after_first, 4) if tl.get("first_seeds") else "-", _fmt(after_seeds, 4) if tl["seeds"] else "-",
+            _fmt(at25, 4),
             f"{stopped} ({saved:,} of {saved + total_steps:,} steps, {saved / max(1, saved + total_steps):.0%})",
         ])
     headers = ["variant", "final HV", "wall-clock to plain's final HV (x plain's)", "CPU time to it (x plain's)",
                "fine-tune steps to it (x plain's)", "wall-clock to the mean plain final HV (x plain's)",
-               "HV at half of plain's wall-clock (x plain's final)", "HV after the seed trials", "HV after 25 trials",
+               "HV at half of plain's wall-clock (x plain's final)", "HV after the first seed round",
+               "HV after the seed trials", "HV after 25 trials",
                "stopped trials (fine-tune steps saved)"]
     lines = [markdown_table(headers, rows)]
     if reruns:
