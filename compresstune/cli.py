@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     sen.add_argument("--out", help="output folder (default: the study's search.out)")
     sen.add_argument("--force", action="store_true", help="scan again even when the cached scan matches")
 
-    pla = sub.add_parser("plan", help="the plan for a size or MACs budget, by exact allocation over the sensitivity scan "
+    pla = sub.add_parser("plan", help="the plan for a size, MACs or bit-operations budget, by exact allocation over the sensitivity scan "
                                       "(no training)")
     pla.add_argument("study", help="study YAML file, e.g. studies/digits.yaml")
     budget = pla.add_mutually_exclusive_group(required=True)
@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--max-size", type=int, help="packed size budget in bytes")
     budget.add_argument("--max-macs", type=float, help="dense multiply-accumulates per example, e.g. 2e7 "
                                                        "(ranks and structured pruning)")
+    budget.add_argument("--max-bops", type=float, help="bit-operations per example (MACs of nonzero weights x weight "
+                                                       "bits x the study's activation_bits), e.g. 1e9")
     pla.add_argument("--out", help="output folder (default: the study's search.out; the scan is cached there)")
     return p
 
@@ -190,7 +192,7 @@ def _plan(args) -> int:
     ensure_import_paths(args.study)
     config = load_config(args.study, **({"out": args.out} if args.out else {}))
     alloc, space = plan_study(config, ratio=args.ratio, max_bytes=args.max_size, max_macs=args.max_macs,
-                              log=lambda m: print(m, file=sys.stderr))
+                              max_bops=args.max_bops, log=lambda m: print(m, file=sys.stderr))
     print(format_allocation(alloc, space))
     return 0
 

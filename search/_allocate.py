@@ -42,7 +42,7 @@ from compresstune.compress import apply
 from compresstune.errors import ConfigError
 from compresstune.search._surrogate import _build_units, _LadderUnit, _params, _Sizer, estimate_bytes
 
-__all__ = ["Allocation", "allocate", "allocate_macs", "exact_seeds", "format_allocation", "plan_study", "solve", "study_surrogate"]
+__all__ = ["Allocation", "allocate", "allocate_bops", "allocate_macs", "exact_seeds", "format_allocation", "plan_study", "solve", "study_surrogate"]
 
 BUCKETS = 4096
 _TIE = 1e-6  # predicted drop per halving of a unit's size: the tie-break between "free" settings
@@ -62,10 +62,13 @@ class Allocation:
     seconds: float
     fits: bool
     metric: str = "accuracy"
-    budget_macs: float | None = None  # set for a MACs budget (then the byte fields are the plan's real size)
-    predicted_macs: float | None = None
-    real_macs: float | None = None
-    reference_macs: float | None = None
+    # Set for a budget of a per-example count ("MACs" or "bit-operations"); the byte fields are then
+    # the plan's real size.
+    count: str | None = None
+    budget_count: float | None = None
+    predicted_count: float | None = None
+    real_count: float | None = None
+    reference_count: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -241,20 +244,21 @@ def _mac_options(space, unit: _LadderUnit, scan: dict) -> list[_Setting]:
     return out
 
 
-class _MacCounter:
-    """Real dense MACs of a plan's model on one example, cached by its parameters."""
+class _Counter:
+    """A real per-example count (dense MACs by default) of a plan's model, cached by its parameters."""
 
-    def __init__(self, space, model: nn.Module, example: Any, task) -> None:
+    def __init__(self, space, model: nn.Module, example: Any, task, measure: Callable | None = None) -> None:
+        from compresstune.objectives import multiply_accumulates
+
         self.space, self.model, self.example, self.task = space, model, example, task
+        self.measure = measure or multiply_accumulates
         self._seen: dict[tuple, float] = {}
 
     def __call__(self, params: dict[str, Any]) -> float:
-        from compresstune.objectives import multiply_accumulates
-
         key = tuple(sorted(params.items()))
         if key not in self._seen:
             small = apply(self.model, self.space.decode(params))
-            self._seen[key] = multiply_accumulates(small, self.example, task=self.task)
+            self._seen[key] = float(self.measure(small, self.example, task=self.task))
         return self._seen[key]
 
 
@@ -287,7 +291,7 @@ def allocate_macs(space, model: nn.Module, scan: dict, *, max_macs: float, examp
     distill = distill or {k: v for k, v in uniform.items() if k.startswith("distill:")}
     params_of = lambda picks: _params(units_, {u.prefix: o[i].values for u, o, i in zip(units_, options, picks)},
                                       distill)  # noqa: E731
-    count = _MacCounter(space, model, example, task)
+    count = _Counter(space, model, example, task)
     reference_macs = count(params_of([0] * len(units_)))
     point, target, best, solves, predicted = [0] * len(units_), float(max_macs), None, 0, None
     for _ in range(repairs + 1):
@@ -315,11 +319,121 @@ def allocate_macs(space, model: nn.Module, scan: dict, *, max_macs: float, examp
         best = (picks, sum(o[i].drop for o, i in zip(options, picks)), count(params_of(picks)))
         predicted = best[2]
     params = params_of(best[0])
+    return _count_allocation(model, space, params, best[1], fits, reference_bytes, solves, t0, count="MACs",
+                             budget=float(max_macs), predicted=predicted, real=best[2], reference=reference_macs)
+
+
+def _count_allocation(model, space, params, drop, fits, reference_bytes, solves, t0, **counts) -> Allocation:
     real_bytes = len(to_bytes(apply(model, space.decode(params))))
-    return Allocation(params=params, budget_bytes=0, predicted_drop=best[1], predicted_bytes=float(real_bytes),
+    return Allocation(params=params, budget_bytes=0, predicted_drop=drop, predicted_bytes=float(real_bytes),
                       real_bytes=real_bytes, reference_bytes=int(reference_bytes), solves=solves,
-                      seconds=time.perf_counter() - t0, fits=fits, budget_macs=float(max_macs),
-                      predicted_macs=predicted, real_macs=best[2], reference_macs=reference_macs)
+                      seconds=time.perf_counter() - t0, fits=fits, count=counts["count"], budget_count=counts["budget"],
+                      predicted_count=counts["predicted"], real_count=counts["real"],
+                      reference_count=counts["reference"])
+
+
+# -- a bit-operations budget ------------------------------------------------------------------------
+#
+# Bit-operations (``bit_operations``) are a sum over layers of MACs x weight bits x activation bits,
+# the MACs counting nonzero weights only. Without channel pruning a unit's share does not depend on
+# the other units, and at a given rank it is proportional to the unit's density and bit-width. So two
+# real counts per unit and rank (at its least compressive bits, and at its most compressive bits, or
+# sparsity when its bits are fixed) give every setting's change of the count; the knapsack runs on
+# those changes and the real count of its answer checks it (the budget re-scaled and the knapsack
+# solved again while it is over, or leaves more than 1 % unused).
+
+def _own_count(count, at: Callable[[dict], dict], unit: _LadderUnit, values: dict, here: float) -> float:
+    """The unit's own count at ``values``, from the change when its bits (or else its sparsity) move to
+    the ladder's most compressive value; 0 when neither can move."""
+    full = count(at(values)) - here
+    for knob, factor in (("bits", lambda v: v / values["bits"]),
+                         ("sparsity", lambda v: (1 - v) / (1 - values["sparsity"]))):
+        ladder = unit.ladders.get(knob, [])
+        if len(ladder) > 1:
+            lower = count(at({**values, knob: ladder[-1]})) - here
+            return (full - lower) / (1 - factor(ladder[-1]))
+    return 0.0
+
+
+def _bops_options(units_, start, distill, count) -> tuple[float, list[list[_Setting]], list[list[float]]]:
+    """The real count at the least compressed point, and each unit's settings (dominated ones left
+    out) with their change of the count."""
+    here = count(_params(units_, start, distill))
+    options, deltas = [], []
+    for u in units_:
+        s0 = start[u.prefix]
+        at = lambda values, u=u: _params(units_, {**start, u.prefix: values}, distill)  # noqa: E731
+        own, shift = {}, {}
+        for rank in u.ladders.get("rank_fraction", [None]):
+            values = {**s0, **({"rank_fraction": rank} if rank is not None else {})}
+            own[rank], shift[rank] = _own_count(count, at, u, values, here), count(at(values)) - here
+        scored = []
+        for combo in itertools.product(*(u.ladders[k] for k in u.ladders)):
+            values = dict(zip(u.ladders, combo))
+            rank = values.get("rank_fraction")
+            scale = (1 - values.get("sparsity", 0.0)) / (1 - s0.get("sparsity", 0.0)) \
+                * values.get("bits", 32) / s0.get("bits", 32)
+            scored.append((shift[rank] - own[rank] * (1 - scale), _Setting(values, u.drop(values), 0.0)))
+        kept = _undominated(scored)
+        options.append([k[1] for k in kept])
+        deltas.append([k[0] for k in kept])
+    return here, options, deltas
+
+
+def _undominated(scored: list[tuple[float, _Setting]]) -> list[tuple[float, _Setting]]:
+    """(change, setting) pairs no other beats on both, with the tie-break: of settings of equal drop
+    the least compressive is kept."""
+    low, high = min(p[0] for p in scored), max(p[0] for p in scored)
+    span = (high - low) or 1.0
+    kept, best = [], math.inf
+    for delta, setting in sorted(scored, key=lambda p: (p[0], p[1].drop)):
+        cost = setting.drop + _TIE * (high - delta) / span
+        if cost < best - 1e-15:
+            kept.append((delta, setting))
+            best = cost
+    return kept
+
+
+def allocate_bops(space, model: nn.Module, scan: dict, *, max_bops: float, example: Any, task=None,
+                  activation_bits: int = 32, reference_bytes: int, buckets: int = BUCKETS, repairs: int = 8,
+                  distill: dict[str, Any] | None = None, log: Callable[[str], None] | None = None) -> Allocation:
+    """The plan of least predicted drop whose real bit-operations (one example, ``activation_bits``)
+    are at most ``max_bops``; when none is found, the space's plan of fewest with ``fits=False``."""
+    from compresstune.objectives import bit_operations
+
+    t0 = time.perf_counter()
+    units_ = _build_units(space, scan)
+    uniform = space.uniform_params(0.0, 32, None)
+    distill = distill or {k: v for k, v in uniform.items() if k.startswith("distill:")}
+    start = {u.prefix: {k: ladder[0] for k, ladder in u.ladders.items()} for u in units_}
+    count = _Counter(space, model, example, task,
+                     lambda m, x, task: bit_operations(m, x, activation_bits=activation_bits, task=task))
+    here, options, deltas = _bops_options(units_, start, distill, count)
+    params_of = lambda picks: _params(units_, {u.prefix: o[i].values for u, o, i in zip(units_, options, picks)},
+                                      distill)  # noqa: E731
+    target, best, solves, last = float(max_bops), None, 0, None
+    for _ in range(repairs + 1):
+        picks = _pick_macs(options, deltas, target - here, buckets)
+        solves += 1
+        if picks is None or picks == last:
+            break
+        last = picks
+        real, drop = count(params_of(picks)), sum(o[i].drop for o, i in zip(options, picks))
+        if log:
+            log(f"allocate: solve {solves}: {real:,.0f} bit-operations (budget {max_bops:,.0f}), "
+                f"predicted drop {drop:.4f}")
+        if real <= max_bops and (best is None or drop < best[1] - 1e-12):
+            best = (picks, drop, real, here + sum(d[i] for d, i in zip(deltas, picks)))
+        if max_bops * 0.99 <= real <= max_bops:
+            break
+        target = here + (target - here) * (max_bops - here) / (real - here) * (0.999 if real > max_bops else 1.0)
+    fits = best is not None
+    if not fits:
+        picks = [min(range(len(d)), key=d.__getitem__) for d in deltas]
+        best = (picks, sum(o[i].drop for o, i in zip(options, picks)), count(params_of(picks)), None)
+    return _count_allocation(model, space, params_of(best[0]), best[1], fits, reference_bytes, solves, t0,
+                             count="bit-operations", budget=float(max_bops), predicted=best[3] or best[2],
+                             real=best[2], reference=here)
 
 
 def exact_seeds(space, model: nn.Module, scan: dict, *, ratios, reference_bytes: int) -> list:
@@ -355,11 +469,11 @@ def format_allocation(alloc: Allocation, space) -> str:
     state = "fits" if alloc.fits else "does NOT fit (the space's most compressed plan)"
     drop = (f"predicted {alloc.metric} drop {alloc.predicted_drop:.4f} (the scan's, summed over layers, before "
             "fine-tuning)")
-    if alloc.budget_macs is not None:
-        return (f"{table}\n\n{drop}\nMACs per example {alloc.real_macs:,.0f} "
-                f"({alloc.real_macs / alloc.reference_macs:.2f} of the model's {alloc.reference_macs:,.0f}), "
-                f"budget {alloc.budget_macs:,.0f}: {state}\nreal packed size {alloc.real_bytes:,} bytes "
-                f"({alloc.ratio:.1f}x; every other knob uncompressed)\nsolved {alloc.solves} time(s) in "
+    if alloc.count is not None:
+        return (f"{table}\n\n{drop}\n{alloc.count} per example {alloc.real_count:,.0f} "
+                f"({alloc.real_count / alloc.reference_count:.2f} of the model's {alloc.reference_count:,.0f}), "
+                f"budget {alloc.budget_count:,.0f}: {state}\nreal packed size {alloc.real_bytes:,} bytes "
+                f"({alloc.ratio:.1f}x{'; every other knob uncompressed' if alloc.count == 'MACs' else ''})\nsolved {alloc.solves} time(s) in "
                 f"{alloc.seconds:.2f} s")
     return (f"{table}\n\n{drop}\npredicted size {alloc.predicted_bytes:,.0f} bytes; real packed size "
             f"{alloc.real_bytes:,} bytes ({alloc.ratio:.1f}x), budget {alloc.budget_bytes:,}: {state}\n"
@@ -389,36 +503,34 @@ def study_surrogate(config, *, log: Callable[[str], None] = print) -> tuple[nn.M
 
 
 def plan_study(config, *, ratio: float | None = None, max_bytes: int | None = None,
-               max_macs: float | None = None, log: Callable[[str], None] = print) -> tuple[Allocation, Any]:
-    """The allocation for a study file's model at ``ratio`` (x smaller than float32), ``max_bytes``
-    or ``max_macs`` (dense multiply-accumulates per example), without training
-    (:func:`study_surrogate`). Returns ``(allocation, space)``.
+               max_macs: float | None = None, max_bops: float | None = None,
+               log: Callable[[str], None] = print) -> tuple[Allocation, Any]:
+    """The allocation for a study file's model at ``ratio`` (x smaller than float32), ``max_bytes``,
+    ``max_macs`` (dense multiply-accumulates per example) or ``max_bops`` (bit-operations per
+    example at the study's ``activation_bits``), without training (:func:`study_surrogate`).
+    Returns ``(allocation, space)``.
 
     Example:
         >>> alloc, space = plan_study(load_config("studies/digits.yaml"), ratio=32)  # doctest: +SKIP
     """
-    given = {k: v for k, v in (("ratio", ratio), ("max_bytes", max_bytes), ("max_macs", max_macs)) if v is not None}
+    given = {k: v for k, v in (("ratio", ratio), ("max_bytes", max_bytes), ("max_macs", max_macs),
+                               ("max_bops", max_bops)) if v is not None}
     if len(given) != 1:
-        raise ConfigError("give exactly one of `ratio`, `max_bytes` and `max_macs`; got "
-                          f"ratio={ratio!r}, max_bytes={max_bytes!r}, max_macs={max_macs!r}.")
+        raise ConfigError("give exactly one of `ratio`, `max_bytes`, `max_macs` and `max_bops`; got "
+                          + ", ".join(f"{k}={v!r}" for k, v in (("ratio", ratio), ("max_bytes", max_bytes),
+                                                                ("max_macs", max_macs), ("max_bops", max_bops)))
+                          + ".")
     if ratio is not None and not ratio >= 1:
         raise ConfigError(f"`ratio` must be a number >= 1 (times smaller than float32); got {ratio!r}.")
     if max_bytes is not None and not max_bytes >= 1:
         raise ConfigError(f"`max_bytes` must be an integer >= 1; got {max_bytes!r}.")
-    if max_macs is not None and not max_macs > 0:
-        raise ConfigError(f"`max_macs` must be a number > 0 (multiply-accumulates per example); got {max_macs!r}.")
+    for name, value, what in (("max_macs", max_macs, "multiply-accumulates"), ("max_bops", max_bops, "bit-operations")):
+        if value is not None and not value > 0:
+            raise ConfigError(f"`{name}` must be a number > 0 ({what} per example); got {value!r}.")
     model, task, space, reference, scan = study_surrogate(config, log=log)
-    if max_macs is not None:
-        example = next(iter(task.batches("val")))
-        alloc = allocate_macs(space, model, scan, max_macs=float(max_macs), example=example, task=task,
-                              reference_bytes=reference, log=log)
-        alloc.metric = task.metric
-        if not alloc.fits:
-            raise ConfigError(f"no plan of this space fits --max-macs {max_macs:,.0f}: its plan of fewest MACs has "
-                              f"{alloc.real_macs:,.0f} ({alloc.real_macs / alloc.reference_macs:.2f} of the model's "
-                              f"{alloc.reference_macs:,.0f}). Ask for more, or allow lower rank fractions or "
-                              "structured pruning in the space.")
-        return alloc, space
+    if max_macs is not None or max_bops is not None:
+        return _plan_count(config, model, task, space, reference, scan, max_macs=max_macs, max_bops=max_bops,
+                           log=log), space
     budget = int(max_bytes) if max_bytes is not None else int(reference / ratio)
     alloc = allocate(space, model, scan, max_bytes=budget, reference_bytes=reference)
     alloc.metric = task.metric
@@ -428,3 +540,22 @@ def plan_study(config, *, ratio: float | None = None, max_bytes: int | None = No
                           f"{alloc.real_bytes:,} bytes ({alloc.ratio:.1f}x). Ask for less, or allow more compression "
                           "in the space (lower bits, higher sparsity, rank fractions).")
     return alloc, space
+
+
+def _plan_count(config, model, task, space, reference, scan, *, max_macs, max_bops, log) -> Allocation:
+    """``plan_study`` for a MACs or bit-operations budget."""
+    example = next(iter(task.batches("val")))
+    if max_macs is not None:
+        alloc = allocate_macs(space, model, scan, max_macs=float(max_macs), example=example, task=task,
+                              reference_bytes=reference, log=log)
+        flag, fewer = f"--max-macs {max_macs:,.0f}", "allow lower rank fractions or structured pruning in the space"
+    else:
+        alloc = allocate_bops(space, model, scan, max_bops=float(max_bops), example=example, task=task,
+                              activation_bits=int(config.activation_bits), reference_bytes=reference, log=log)
+        flag, fewer = f"--max-bops {max_bops:,.0f}", "allow lower bits, higher sparsity or rank fractions in the space"
+    alloc.metric = task.metric
+    if not alloc.fits:
+        raise ConfigError(f"no plan of this space fits {flag}: its plan of fewest {alloc.count} has "
+                          f"{alloc.real_count:,.0f} ({alloc.real_count / alloc.reference_count:.2f} of the model's "
+                          f"{alloc.reference_count:,.0f}). Ask for more, or {fewer}.")
+    return alloc

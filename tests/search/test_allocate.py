@@ -109,7 +109,7 @@ def test_compresstune_plan_prints_the_plan_and_its_real_size(tmp_path):
     bad = run("--ratio", "500")
     assert bad.returncode == 2 and "no plan of this space fits --ratio 500" in bad.stderr
     neither = run()
-    assert neither.returncode == 2 and "one of the arguments --ratio --max-size --max-macs is required" in neither.stderr
+    assert neither.returncode == 2 and "one of the arguments --ratio --max-size --max-macs --max-bops is required" in neither.stderr
 
 
 # -- a MACs budget: ranks and channel groups ---------------------------------------------------------
@@ -138,8 +138,8 @@ def test_a_macs_plan_fits_its_budget_counted_for_real(digits_channels, share):
     alloc = allocate_macs(space, model, table, max_macs=budget, example=example, task=task,
                           reference_bytes=reference_size(model))
     small = apply(model, space.decode(alloc.params))
-    assert alloc.fits and alloc.real_macs == multiply_accumulates(small, example, task=task) <= budget
-    assert alloc.real_macs >= 0.8 * budget and alloc.reference_macs == reference
+    assert alloc.fits and alloc.real_count == multiply_accumulates(small, example, task=task) <= budget
+    assert alloc.real_count >= 0.8 * budget and alloc.reference_count == reference
     assert alloc.real_bytes == len(to_bytes(small))
     plan = space.decode(alloc.params)
     assert all(lp.bits == 32 and (lp.structured or lp.sparsity == 0) for lp in plan.layers.values())  # MACs only
@@ -171,3 +171,39 @@ def test_compresstune_plan_max_macs_prints_the_plan_and_its_count(tmp_path):
     assert 80000 <= macs <= 100000 and "fits" in ok.stdout
     bad = run("--max-macs", "10")
     assert bad.returncode == 2 and "no plan of this space fits --max-macs 10" in bad.stderr
+
+
+# -- a bit-operations budget ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("share", "activation_bits"), [(0.2, 32), (0.02, 8)])
+def test_a_bops_plan_fits_its_budget_counted_for_real(digits_channels, share, activation_bits):
+    from compresstune.objectives import bit_operations
+    from compresstune.search._allocate import allocate_bops
+
+    model, _, table, task, example = digits_channels
+    space = Space.from_config(StudyConfig.from_dict({"space": {"rank_fraction": [0.5, 1.0]}}).space, model)
+    count = lambda m: bit_operations(m, example, activation_bits=activation_bits, task=task)  # noqa: E731
+    reference = count(model)
+    budget = share * reference
+    alloc = allocate_bops(space, model, table, max_bops=budget, example=example, task=task,
+                          activation_bits=activation_bits, reference_bytes=reference_size(model))
+    small = apply(model, space.decode(alloc.params))
+    assert alloc.fits and alloc.count == "bit-operations"
+    assert alloc.real_count == count(small) <= budget and alloc.reference_count == reference
+    assert alloc.real_count >= 0.9 * budget  # the budget is used
+    assert alloc.real_bytes == len(to_bytes(small)) and alloc.solves <= 3
+    plan = space.decode(alloc.params)
+    assert any(lp.bits < 32 for lp in plan.layers.values())
+
+
+def test_compresstune_plan_max_bops_prints_the_count_and_refuses_what_no_plan_reaches(tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "compresstune.cli", "plan", "studies/digits.yaml",  # noqa: E731
+                                     "--out", str(tmp_path), *a], cwd=ROOT, capture_output=True, text=True,
+                                    timeout=300)
+    ok = run("--max-bops", "2e7")
+    assert ok.returncode == 0, ok.stderr
+    count = float(re.search(r"bit-operations per example ([\d,]+)", ok.stdout).group(1).replace(",", ""))
+    assert 0.9 * 2e7 <= count <= 2e7 and "fits" in ok.stdout
+    bad = run("--max-bops", "10")
+    assert bad.returncode == 2 and "no plan of this space fits --max-bops 10" in bad.stderr
+    assert "bit-operations has" in bad.stderr
