@@ -90,6 +90,15 @@ def _logits(task: Task, model: nn.Module, batch: Any) -> Any:
     return out.detach() if isinstance(out, torch.Tensor) else out
 
 
+def _train_mode(model: nn.Module, batchnorm: str) -> None:
+    """Training mode, with BatchNorm layers left in eval mode when ``batchnorm`` is ``"frozen"``."""
+    model.train()
+    if batchnorm == "frozen":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
 def recover(
     student: nn.Module,
     teacher: nn.Module,
@@ -105,6 +114,7 @@ def recover(
     seed: int = 0,
     cached_teacher: torch.Tensor | None = None,
     on_eval: Callable[[int, float], None] | None = None,
+    batchnorm: str = "frozen",
 ) -> FinetuneResult:
     """Fine-tune ``student`` in place with ``task.distill_loss`` against ``teacher``.
 
@@ -113,7 +123,9 @@ def recover(
     reproducible and the caller's random state is untouched. ``cached_teacher``
     (from :func:`teacher_outputs`) replaces the teacher's forward passes.
     ``on_eval(step, val_metric)`` is called every ``eval_every`` steps and at the
-    end; it may raise to stop the trial early.
+    end; it may raise to stop the trial early. ``batchnorm="frozen"`` keeps BatchNorm
+    layers in eval mode (the baseline's running statistics, not updated; their
+    scale and shift still train); ``"train"`` lets them use and update batch statistics.
 
     Raises:
         NonFiniteLoss: the loss became NaN or infinite.
@@ -122,6 +134,8 @@ def recover(
     result = FinetuneResult()
     if steps <= 0:
         return result
+    if batchnorm not in ("frozen", "train"):
+        raise ValueError(f"`batchnorm` must be 'frozen' or 'train'; got {batchnorm!r}.")
     params = [p for p in student.parameters() if p.requires_grad]
     opt = (torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay) if optimizer == "sgd"
            else torch.optim.Adam(params, lr=lr, weight_decay=weight_decay))
@@ -131,7 +145,7 @@ def recover(
         torch.manual_seed(seed)
         pairs = (_cached_pairs(task, cached_teacher, seed, device) if cached_teacher is not None
                  else _live_pairs(task, teacher, device))
-        student.train()
+        _train_mode(student, batchnorm)
         for step in range(1, steps + 1):
             batch, target = next(pairs)
             loss = task.distill_loss(task.outputs(student, batch), target, batch, temperature, alpha)
@@ -146,7 +160,7 @@ def recover(
                 result.steps = step
                 if on_eval is not None:
                     on_eval(step, value)
-                student.train()
+                _train_mode(student, batchnorm)
     student.eval()
     result.seconds = time.perf_counter() - start
     return result

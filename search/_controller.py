@@ -68,7 +68,8 @@ def _settings(config: StudyConfig, task: Task, baseline: float, reference_bytes:
         seed=config.search.seed, max_drop=drop, max_size_bytes=c.max_size_bytes, min_ratio=c.min_ratio,
         extra_objective=extra, activation_bits=config.activation_bits, latency_batch_size=lat.batch_size,
         latency_repeats=lat.repeats, latency_warmup=lat.warmup, baseline_value=baseline,
-        reference_bytes=reference_bytes, metric=task.metric, direction=task.direction)
+        reference_bytes=reference_bytes, metric=task.metric, direction=task.direction,
+        batchnorm=f.batchnorm)
 
 
 def uses_macs(config: StudyConfig) -> bool:

@@ -68,7 +68,7 @@ def finetune_trial(out: str | Path, number: int, output: str | Path, *, steps: i
     log(f"trial {number}: fine-tuning {n} steps (temperature {plan.temperature:.3g}, alpha {plan.alpha:.3g}, "
         f"lr {lr or f.lr:g}) on {device}")
     result = recover(student, teacher, task, temperature=plan.temperature, alpha=plan.alpha, steps=n,
-                     lr=lr or f.lr, weight_decay=f.weight_decay, optimizer=f.optimizer,
+                     lr=lr or f.lr, weight_decay=f.weight_decay, optimizer=f.optimizer, batchnorm=f.batchnorm,
                      eval_every=max(1, min(f.eval_every * 10, n)), seed=config.search.seed,
                      on_eval=lambda step, value: log(f"  step {step}: val {metric} {value:.4f}"))
     after = {s: evaluate(student, task, s) for s in before}

@@ -63,6 +63,8 @@ FINGERPRINT_FIELDS = ("model", "data", "task", "space", "objectives", "finetune"
 # Fields added after studies existed: omitted from the fingerprint while unset, so those studies resume.
 _LATER_FIELDS = {"constraints": ("max_bops", "max_macs", "max_latency_ms", "max_onnx_bytes", "max_onnx_latency_ms",
                                  "max_metric_drop", "max_relative_drop")}
+# Fields added later with a default that leaves the fingerprint of older studies as it was.
+_OMITTED_DEFAULTS = {"finetune": {"batchnorm": "frozen"}}
 _GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -387,6 +389,11 @@ class FinetuneConfig(_Frozen):
     eval_every: Int = Field(50, ge=1)
     eval_batch_size: Int = Field(512, ge=1)
     weight_decay: Num = Field(0.0, ge=0)
+    # BatchNorm layers during the fine-tune: "frozen" (the default) normalises with the
+    # baseline's running statistics and leaves them as they are, training only their scale and shift;
+    # "train" lets them normalise with batch statistics and update their running ones. A short recovery
+    # fine-tune of a converged CNN loses points to "train" (ResNet-20: BENCHMARKS.md, issue 17).
+    batchnorm: Literal["frozen", "train"] = "frozen"
 
 
 class ConstraintsConfig(_Frozen):
@@ -668,6 +675,10 @@ class StudyConfig(_Frozen):
             for name in names:
                 if data[section].get(name) is None:
                     data[section].pop(name, None)
+        for section, defaults in _OMITTED_DEFAULTS.items():
+            for name, value in defaults.items():
+                if data[section].get(name) == value:
+                    data[section].pop(name)
         return data
 
     def fingerprint(self) -> str:

@@ -52,6 +52,7 @@ class TrialSettings:
     metric: str = "accuracy"
     direction: str = "maximize"
     n_val: int | None = None  # validation examples behind a binomial metric (early stopping's noise)
+    batchnorm: str = "frozen"  # BatchNorm during the fine-tune: "frozen" or "train"
 
 
 @dataclass
@@ -215,7 +216,7 @@ def _run(plan: CompressionPlan, ctx: TrialContext, on_eval, applied=None) -> Tri
         result = None if rejected else recover(
             student, ctx.model, task, temperature=plan.temperature, alpha=plan.alpha, steps=s.steps, lr=s.lr,
             weight_decay=s.weight_decay, optimizer=s.optimizer, eval_every=s.eval_every, seed=s.seed,
-            cached_teacher=ctx.cached_teacher, on_eval=on_rung)
+            cached_teacher=ctx.cached_teacher, on_eval=on_rung, batchnorm=s.batchnorm)
     except StopTrial as stop:
         timings["finetune_s"] = time.perf_counter() - t1
         timings["eval_s"] = 0.0

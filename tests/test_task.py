@@ -202,3 +202,22 @@ def test_logits_of_reads_tensors_objects_dicts_and_tuples():
     assert logits_of({"logits": t}) is t
     assert logits_of((t, "hidden")) is t
     assert logits_of(type("O", (), {"logits": t})()) is t
+
+
+@pytest.mark.parametrize("batchnorm", ["frozen", "train"])
+def test_the_fine_tune_leaves_batchnorm_statistics_alone_unless_told_to_train_them(batchnorm):
+    torch.manual_seed(0)
+    x, y = torch.randn(128, 6) * 3 + 1, torch.randint(0, 3, (128,))
+    task = Classification((x, y), (x[:32], y[:32]), batch_size=32)
+    model = nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    student = ct.apply(model, CompressionPlan({"0": LayerPlan(bits=8), "3": LayerPlan(bits=8)}))
+    bn = student[1]
+    stats = (bn.running_mean.clone(), bn.running_var.clone(), int(bn.num_batches_tracked))
+    affine = bn.weight.detach().clone()
+    recover(student, model, task, temperature=2.0, alpha=0.5, steps=8, lr=1e-2, eval_every=4, batchnorm=batchnorm)
+    same = torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1])
+    assert same == (batchnorm == "frozen") and (int(bn.num_batches_tracked) == stats[2]) == same
+    assert not torch.equal(bn.weight.detach(), affine)  # its scale trains either way
+    assert not student.training and not bn.training
+    with pytest.raises(ValueError, match="`batchnorm` must be 'frozen' or 'train'; got 'eval'"):
+        recover(student, model, task, temperature=2.0, alpha=0.5, steps=1, batchnorm="eval")

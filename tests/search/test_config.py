@@ -80,7 +80,7 @@ def test_defaults_match_the_documented_schema():
     assert cfg["space"]["alpha"] == {"low": 0.0, "high": 1.0, "step": None, "log": False}
     assert cfg["objectives"] == ["accuracy", "size"]
     assert cfg["finetune"] == {"steps": 200, "batch_size": 64, "lr": 0.001, "optimizer": "adam", "eval_every": 50,
-                               "eval_batch_size": 512, "weight_decay": 0.0}
+                               "eval_batch_size": 512, "weight_decay": 0.0, "batchnorm": "frozen"}
     assert cfg["constraints"] == {"max_accuracy_drop": 0.02, "max_metric_drop": None, "max_relative_drop": None,
                                   "max_size_bytes": None, "min_ratio": None, "max_bops": None, "max_macs": None,
                                   "max_latency_ms": None, "max_onnx_bytes": None, "max_onnx_latency_ms": None}
@@ -352,3 +352,12 @@ def test_config_diff_lines():
     assert config_diff({"x": 1}, {"x": 1.0}) == []
     assert config_diff({"x": 1}, {"x": True}) == ["x: 1 -> true"]
     assert config_diff(_cfg(), _cfg(finetune={"steps": 300})) == ["finetune.steps: 200 -> 300"]
+
+
+def test_the_batchnorm_default_keeps_older_fingerprints_and_train_changes_it():
+    older = _cfg()
+    assert "batchnorm" not in older.fingerprint_data()["finetune"]
+    trained = _cfg(finetune={"batchnorm": "train"})
+    assert trained.fingerprint() != older.fingerprint()
+    with pytest.raises(ConfigError, match=r"finetune\.batchnorm"):
+        _cfg(finetune={"batchnorm": "eval"})
