@@ -78,7 +78,11 @@ def variant_config(study: str, variant: str, seed: int, trials: int | None) -> S
 
 
 def _fresh_out(out: Path) -> None:
+    from compresstune.search._storage import RunLock
+
     if out.exists():
+        with RunLock(out):  # refuses while another process runs this search (two calls sharing a seed)
+            pass
         shutil.rmtree(out)
     out.mkdir(parents=True)
     SHARED_CACHE.mkdir(parents=True, exist_ok=True)
