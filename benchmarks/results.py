@@ -77,9 +77,11 @@ def search(name: str, args: argparse.Namespace) -> float:
     spent = json.loads(wall.read_text()) if wall.exists() else []
     start = time.time()
     log(f"{name}: searching into {OUT / name}")
-    study = run_study(config_for(name, args), quiet=False)
-    spent.append({"seconds": time.time() - start, "trials": len(study.trials), "command": args.command})
-    wall.write_text(json.dumps(spent))
+    try:
+        run_study(config_for(name, args), quiet=False)
+    finally:  # an interrupted call counts too
+        spent.append({"seconds": time.time() - start, "command": args.command})
+        wall.write_text(json.dumps(spent))
     return sum(s["seconds"] for s in spent)
 
 
@@ -87,9 +89,22 @@ def _recorded(name: str) -> tuple[float | None, str | None]:
     """The search's wall-clock seconds over all calls so far, and the command of the last one."""
     wall = OUT / name / "wall.json"
     if not wall.exists():
-        return None, None
+        return _study_span(name), None
     spent = json.loads(wall.read_text())
     return sum(s["seconds"] for s in spent), spent[-1].get("command")
+
+
+def _study_span(name: str) -> float | None:
+    """Seconds from the study's start to its last finished trial (for a search run before
+    ``wall.json`` was kept)."""
+    import datetime as dt
+
+    study = load_study(OUT / name)
+    started = study.user_attrs.get("started_at")
+    ends = [t.datetime_complete for t in study.trials if t.datetime_complete is not None]
+    if not started or not ends:
+        return None
+    return (max(ends) - dt.datetime.fromisoformat(started).replace(tzinfo=None)).total_seconds()
 
 
 # -- scoring on test ------------------------------------------------------------------------------------
