@@ -143,13 +143,15 @@ def score(name: str, args: argparse.Namespace) -> dict:
         hits = correct(small, task)
         drop, low, high = paired_drop(base_hits, hits)
         rows.append({"trial": t.number, "ratio": t.user_attrs["ratio"], "bytes": t.user_attrs["size_bytes"],
-                     "val": t.user_attrs["val_accuracy"], "val_drop": t.user_attrs["val_accuracy"] - base["val_accuracy"],
+                     "val": t.user_attrs["val_accuracy"],
+                     "val_drop": t.user_attrs["val_accuracy"] - base["val_accuracy"],
                      "test_drop": drop, "test_drop_low": low, "test_drop_high": high, "tag": _tag(t),
                      **_accuracy(hits)})
         log(f"{name}: trial {t.number} {rows[-1]['ratio']:.1f}x test {rows[-1]['test']:.4f}")
     within = [r for r in rows if r["val_drop"] >= -WITHIN - 1e-12]
     chosen = max(within, key=lambda r: r["ratio"]) if within else None
-    return {"study": name, "baseline": {"val": base["val_accuracy"], "bytes": base["reference_bytes"], **_accuracy(base_hits)},
+    baseline = {"val": base["val_accuracy"], "bytes": base["reference_bytes"], **_accuracy(base_hits)}
+    return {"study": name, "baseline": baseline,
             "front": rows, "chosen": chosen and chosen["trial"], "trials": len(study.trials),
             "complete": sum(t.state.name == "COMPLETE" for t in study.trials)}
 
@@ -176,7 +178,8 @@ def render(result: dict, command: str, wall_s: float | None) -> str:
     for r in result["front"]:
         mark = " **(chosen)**" if r["trial"] == chosen else ""
         rows.append((f"#{r['trial']}{mark}", f"{r['ratio']:.1f}x", f"{r['bytes']:,}", _pct(r["val"]),
-                     f"{100 * r['val_drop']:+.2f}", f"{_pct(r['test'])} [{_pct(r['test_low'])}, {_pct(r['test_high'])}]",
+                     f"{100 * r['val_drop']:+.2f}",
+                     f"{_pct(r['test'])} [{_pct(r['test_low'])}, {_pct(r['test_high'])}]",
                      f"{100 * r['test_drop']:+.2f} [{100 * r['test_drop_low']:+.2f}, {100 * r['test_drop_high']:+.2f}]",
                      r["tag"]))
     table = markdown_table(["point", "ratio (x float32)", "packed bytes", "val acc %", "val drop (pts)",

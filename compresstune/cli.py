@@ -65,8 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     sen.add_argument("--out", help="output folder (default: the study's search.out)")
     sen.add_argument("--force", action="store_true", help="scan again even when the cached scan matches")
 
-    pla = sub.add_parser("plan", help="the plan for a size, MACs or bit-operations budget, by exact allocation over the sensitivity scan "
-                                      "(no training)")
+    pla = sub.add_parser("plan", help="the plan for a size, MACs or bit-operations budget, by exact allocation over "
+                                      "the sensitivity scan (no training)")
     pla.add_argument("study", help="study YAML file, e.g. studies/digits.yaml")
     budget = pla.add_mutually_exclusive_group(required=True)
     budget.add_argument("--ratio", type=float, help="times smaller than the float32 model, e.g. 32")

@@ -42,7 +42,8 @@ from compresstune.compress import apply
 from compresstune.errors import ConfigError
 from compresstune.search._surrogate import _build_units, _LadderUnit, _params, _Sizer, estimate_bytes
 
-__all__ = ["Allocation", "allocate", "allocate_bops", "allocate_macs", "exact_seeds", "format_allocation", "plan_study", "solve", "study_surrogate"]
+__all__ = ["Allocation", "allocate", "allocate_bops", "allocate_macs", "exact_seeds", "format_allocation", "plan_study",
+           "solve", "study_surrogate"]
 
 BUCKETS = 4096
 _TIE = 1e-6  # predicted drop per halving of a unit's size: the tie-break between "free" settings
@@ -471,9 +472,10 @@ def format_allocation(alloc: Allocation, space) -> str:
             "fine-tuning)")
     if alloc.count is not None:
         return (f"{table}\n\n{drop}\n{alloc.count} per example {alloc.real_count:,.0f} "
-                f"({alloc.real_count / alloc.reference_count:.2f} of the model's {alloc.reference_count:,.0f}), "
+                f"({alloc.real_count / alloc.reference_count:.3g} of the model's {alloc.reference_count:,.0f}), "
                 f"budget {alloc.budget_count:,.0f}: {state}\nreal packed size {alloc.real_bytes:,} bytes "
-                f"({alloc.ratio:.1f}x{'; every other knob uncompressed' if alloc.count == 'MACs' else ''})\nsolved {alloc.solves} time(s) in "
+                f"({alloc.ratio:.1f}x{'; every other knob uncompressed' if alloc.count == 'MACs' else ''})\n"
+                f"solved {alloc.solves} time(s) in "
                 f"{alloc.seconds:.2f} s")
     return (f"{table}\n\n{drop}\npredicted size {alloc.predicted_bytes:,.0f} bytes; real packed size "
             f"{alloc.real_bytes:,} bytes ({alloc.ratio:.1f}x), budget {alloc.budget_bytes:,}: {state}\n"

@@ -109,7 +109,8 @@ def test_compresstune_plan_prints_the_plan_and_its_real_size(tmp_path):
     bad = run("--ratio", "500")
     assert bad.returncode == 2 and "no plan of this space fits --ratio 500" in bad.stderr
     neither = run()
-    assert neither.returncode == 2 and "one of the arguments --ratio --max-size --max-macs --max-bops is required" in neither.stderr
+    assert neither.returncode == 2
+    assert "one of the arguments --ratio --max-size --max-macs --max-bops is required" in neither.stderr
 
 
 # -- a MACs budget: ranks and channel groups ---------------------------------------------------------
