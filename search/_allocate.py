@@ -263,7 +263,7 @@ class _Counter:
         return self._seen[key]
 
 
-def _pick_macs(options: list[list[_Setting]], deltas: list[list[float]], room: float,
+def _pick_changes(options: list[list[_Setting]], deltas: list[list[float]], room: float,
                buckets: int) -> list[int] | None:
     """The knapsack on MACs changes: ``room`` is how far the count may move from the current point."""
     lows = [min(d) for d in deltas]
@@ -299,7 +299,7 @@ def allocate_macs(space, model: nn.Module, scan: dict, *, max_macs: float, examp
         here = count(params_of(point))
         deltas = [[count(params_of(point[:j] + [i] + point[j + 1:])) - here for i in range(len(o))]
                   for j, o in enumerate(options)]
-        picks = _pick_macs(options, deltas, target - here, buckets)
+        picks = _pick_changes(options, deltas, target - here, buckets)
         solves += 1
         if picks is None:
             break
@@ -343,10 +343,10 @@ def _count_allocation(model, space, params, drop, fits, reference_bytes, solves,
 # those changes and the real count of its answer checks it (the budget re-scaled and the knapsack
 # solved again while it is over, or leaves more than 1 % unused).
 
-def _own_count(count, at: Callable[[dict], dict], unit: _LadderUnit, values: dict, here: float) -> float:
-    """The unit's own count at ``values``, from the change when its bits (or else its sparsity) move to
-    the ladder's most compressive value; 0 when neither can move."""
-    full = count(at(values)) - here
+def _own_count(count, at: Callable[[dict], dict], unit: _LadderUnit, values: dict, here: float,
+               full: float) -> float:
+    """The unit's own count at ``values`` (where the model's count is ``here + full``), from the change
+    when its bits (or else its sparsity) move to the ladder's most compressive value; 0 when neither can."""
     for knob, factor in (("bits", lambda v: v / values["bits"]),
                          ("sparsity", lambda v: (1 - v) / (1 - values["sparsity"]))):
         ladder = unit.ladders.get(knob, [])
@@ -367,7 +367,8 @@ def _bops_options(units_, start, distill, count) -> tuple[float, list[list[_Sett
         own, shift = {}, {}
         for rank in u.ladders.get("rank_fraction", [None]):
             values = {**s0, **({"rank_fraction": rank} if rank is not None else {})}
-            own[rank], shift[rank] = _own_count(count, at, u, values, here), count(at(values)) - here
+            shift[rank] = count(at(values)) - here
+            own[rank] = _own_count(count, at, u, values, here, shift[rank])
         scored = []
         for combo in itertools.product(*(u.ladders[k] for k in u.ladders)):
             values = dict(zip(u.ladders, combo))
@@ -414,7 +415,7 @@ def allocate_bops(space, model: nn.Module, scan: dict, *, max_bops: float, examp
                                       distill)  # noqa: E731
     target, best, solves, last = float(max_bops), None, 0, None
     for _ in range(repairs + 1):
-        picks = _pick_macs(options, deltas, target - here, buckets)
+        picks = _pick_changes(options, deltas, target - here, buckets)
         solves += 1
         if picks is None or picks == last:
             break
@@ -433,7 +434,8 @@ def allocate_bops(space, model: nn.Module, scan: dict, *, max_bops: float, examp
         picks = [min(range(len(d)), key=d.__getitem__) for d in deltas]
         best = (picks, sum(o[i].drop for o, i in zip(options, picks)), count(params_of(picks)), None)
     return _count_allocation(model, space, params_of(best[0]), best[1], fits, reference_bytes, solves, t0,
-                             count="bit-operations", budget=float(max_bops), predicted=best[3] or best[2],
+                             count="bit-operations", budget=float(max_bops),
+                             predicted=best[2] if best[3] is None else best[3],
                              real=best[2], reference=here)
 
 

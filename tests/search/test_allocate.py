@@ -97,10 +97,14 @@ def test_the_allocator_setting_is_validated():
         StudyConfig.from_dict({"sensitivity": {"allocator": "ilp"}})
 
 
+def _plan_cli(study: str, out, *args) -> subprocess.CompletedProcess:
+    """``compresstune plan STUDY --out OUT ARGS`` from the repository root."""
+    return subprocess.run([sys.executable, "-m", "compresstune.cli", "plan", study, "--out", str(out), *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
 def test_compresstune_plan_prints_the_plan_and_its_real_size(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "compresstune.cli", "plan", "studies/digits.yaml",  # noqa: E731
-                                     "--out", str(tmp_path), *a], cwd=ROOT, capture_output=True, text=True,
-                                    timeout=300)
+    run = lambda *a: _plan_cli("studies/digits.yaml", tmp_path, *a)  # noqa: E731
     ok = run("--ratio", "32")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("layer  sparsity  bits  rank") and "fits" in ok.stdout
@@ -162,9 +166,7 @@ def test_compresstune_plan_max_macs_prints_the_plan_and_its_count(tmp_path):
     study = tmp_path / "digits_channels.yaml"
     study.write_text((ROOT / "studies" / "digits.yaml").read_text().replace("structured: [false]",
                                                                               "structured: [false, true]"))
-    run = lambda *a: subprocess.run([sys.executable, "-m", "compresstune.cli", "plan", str(study),  # noqa: E731
-                                     "--out", str(tmp_path / "out"), *a], cwd=ROOT, capture_output=True, text=True,
-                                    timeout=300)
+    run = lambda *a: _plan_cli(str(study), tmp_path / "out", *a)  # noqa: E731
     ok = run("--max-macs", "100000")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("layer  sparsity  bits  rank  channels cut"), ok.stdout
@@ -198,9 +200,7 @@ def test_a_bops_plan_fits_its_budget_counted_for_real(digits_channels, share, ac
 
 
 def test_compresstune_plan_max_bops_prints_the_count_and_refuses_what_no_plan_reaches(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "compresstune.cli", "plan", "studies/digits.yaml",  # noqa: E731
-                                     "--out", str(tmp_path), *a], cwd=ROOT, capture_output=True, text=True,
-                                    timeout=300)
+    run = lambda *a: _plan_cli("studies/digits.yaml", tmp_path, *a)  # noqa: E731
     ok = run("--max-bops", "2e7")
     assert ok.returncode == 0, ok.stderr
     count = float(re.search(r"bit-operations per example ([\d,]+)", ok.stdout).group(1).replace(",", ""))
