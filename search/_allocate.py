@@ -264,8 +264,9 @@ class _Counter:
 
 
 def _pick_changes(options: list[list[_Setting]], deltas: list[list[float]], room: float,
-               buckets: int) -> list[int] | None:
-    """The knapsack on MACs changes: ``room`` is how far the count may move from the current point."""
+                  buckets: int) -> list[int] | None:
+    """The knapsack on changes of a count (MACs, bit-operations): ``room`` is how far the count may
+    move from the current point."""
     lows = [min(d) for d in deltas]
     capacity = room - sum(lows)
     if capacity < 0:
